@@ -1,0 +1,32 @@
+// Small file-system helpers with Status errors that name the path.
+//
+// Example:
+//   ASSIGN_OR_RETURN(std::string text, ReadFileToString(dir + "/config.json"));
+//   RETURN_IF_ERROR(WriteStringToFile(tmp + "/config.json", text));
+#ifndef LLAMA_MOE_MODEL_FILE_UTIL_H_
+#define LLAMA_MOE_MODEL_FILE_UTIL_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace llama_moe {
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+// Writes `contents` and fsyncs, so that a later rename publishes complete bytes.
+absl::Status WriteStringToFile(const std::string& path, absl::string_view contents);
+bool PathExists(const std::string& path);
+bool IsDirectory(const std::string& path);
+// Removes a file or a directory tree; a missing path is not an error.
+absl::Status RemoveAll(const std::string& path);
+// "a/b" + "c" -> "a/b/c".
+std::string JoinPath(absl::string_view a, absl::string_view b);
+// Resolves a path given on the command line: relative paths are taken from the directory the
+// user ran `bazel run` in (BUILD_WORKING_DIRECTORY), or the current directory otherwise.
+std::string ResolveUserPath(const std::string& path);
+
+}  // namespace llama_moe
+
+#endif  // LLAMA_MOE_MODEL_FILE_UTIL_H_

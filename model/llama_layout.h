@@ -1,0 +1,41 @@
+// The declarative tensor table of a dense Llama checkpoint in Hugging Face naming.
+//
+// One place lists every tensor a Llama 3 model of a given config has, with its shape; the model
+// loader, `make_tiny_llama`, `inspect --verify` and the converter all use it, so a name or shape
+// is never spelled twice.
+//
+// Example:
+//   for (const TensorSpec& s : LlamaTensorSpecs(cfg, DType::kBF16))
+//     std::cout << s.name << " " << ShapeString(s.shape) << "\n";
+#ifndef LLAMA_MOE_MODEL_LLAMA_LAYOUT_H_
+#define LLAMA_MOE_MODEL_LLAMA_LAYOUT_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "model/checkpoint.h"
+#include "model/checkpoint_writer.h"
+#include "model/llama_config.h"
+
+namespace llama_moe {
+
+// "model.layers.3." for layer 3.
+std::string LayerPrefix(int64_t layer);
+
+// Tensors of a dense Llama model in checkpoint order (embeddings, layers, final norm, head).
+// The head ("lm_head.weight") is omitted when `cfg.tie_word_embeddings`.
+std::vector<TensorSpec> LlamaTensorSpecs(const LlamaConfig& cfg, DType dtype);
+
+// The storage dtype named by config.json's torch_dtype.
+absl::StatusOr<DType> ConfigDType(const LlamaConfig& cfg);
+
+// Checks that `ckpt` holds every tensor of LlamaTensorSpecs(cfg) with the expected shape (any
+// floating dtype), and no unexpected tensor, with an error naming the file, tensor and shapes.
+// With `read_data`, every tensor's bytes are also read and checked to be finite.
+absl::Status VerifyLlamaCheckpoint(const Checkpoint& ckpt, const LlamaConfig& cfg, bool read_data);
+
+}  // namespace llama_moe
+
+#endif  // LLAMA_MOE_MODEL_LLAMA_LAYOUT_H_

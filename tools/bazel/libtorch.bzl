@@ -1,0 +1,74 @@
+"""Repository rule that finds LibTorch.
+
+LIBTORCH (an environment variable) names a LibTorch root holding include/ and lib/: an unpacked
+libtorch zip, or the `torch` folder of a PyTorch wheel (python -c 'import torch,os;
+print(os.path.dirname(torch.__file__))'). Unset, Debian's libtorch-dev under /usr is used.
+A root whose lib/ holds libtorch_cuda.so builds with CUDA (and defines LLAMA_MOE_WITH_CUDA).
+"""
+
+_DEBIAN_INCLUDE = "/usr/include"
+_DEBIAN_LIB = "/usr/lib/x86_64-linux-gnu"
+
+def _libtorch_impl(ctx):
+    root = ctx.os.environ.get("LIBTORCH", "").rstrip("/")
+    if root:
+        include = root + "/include"
+        lib = root + "/lib"
+    else:
+        include = _DEBIAN_INCLUDE
+        lib = _DEBIAN_LIB
+    if not ctx.path(include + "/torch/csrc/api/include/torch/torch.h").exists:
+        fail("LibTorch headers not found under %s (LIBTORCH=%r). Install libtorch-dev " % (include, root) +
+             "(tools/setup.sh) or point LIBTORCH at a LibTorch root holding include/ and lib/.")
+    if not ctx.path(lib + "/libtorch.so").exists and not ctx.path(lib + "/libtorch_cpu.so").exists:
+        fail("libtorch.so not found in %s (LIBTORCH=%r)" % (lib, root))
+
+    # Only LibTorch's own header trees are linked in; the rest of /usr/include stays a builtin
+    # include directory of the compiler.
+    subdirs = ["torch", "ATen", "c10", "caffe2", "kineto", "THC", "TH", "fmt"]
+    if root:
+        subdirs = [e.basename for e in ctx.path(include).readdir()]
+    for d in subdirs:
+        if ctx.path(include + "/" + d).exists:
+            ctx.symlink(include + "/" + d, "include/" + d)
+
+    libs = ["torch", "torch_cpu", "c10"]
+    cuda = ctx.path(lib + "/libtorch_cuda.so").exists
+    if cuda:
+        libs += ["torch_cuda", "c10_cuda"]
+    linkopts = ["-L" + lib, "-Wl,-rpath," + lib, "-Wl,--no-as-needed"]
+    linkopts += ["-l" + l for l in libs if ctx.path(lib + "/lib" + l + ".so").exists]
+    linkopts += ["-Wl,--as-needed", "-pthread"]
+
+    defines = []
+    if cuda:
+        defines.append("LLAMA_MOE_WITH_CUDA")
+
+    # Match the C++ ABI the library was built with (PyTorch wheels before 2.7 used the old ABI;
+    # Debian's Abseil, GoogleTest and protobuf use the new one, so such a LibTorch cannot mix).
+    cfg = ctx.path(root + "/share/cmake/Torch/TorchConfig.cmake") if root else None
+    if cfg and cfg.exists:
+        text = ctx.read(cfg)
+        for v in ["0", "1"]:
+            if "_GLIBCXX_USE_CXX11_ABI=" + v in text:
+                defines.append("_GLIBCXX_USE_CXX11_ABI=" + v)
+
+    ctx.file("BUILD", """
+package(default_visibility = ["//visibility:public"])
+
+cc_library(
+    name = "libtorch",
+    hdrs = glob(["include/**"]),
+    includes = ["include", "include/torch/csrc/api/include"],
+    defines = {defines},
+    linkopts = {linkopts},
+)
+""".format(defines = repr(defines), linkopts = repr(linkopts)))
+    ctx.file("WORKSPACE", "workspace(name = \"libtorch\")\n")
+    ctx.file("info.bzl", "LIBTORCH_ROOT = %r\nLIBTORCH_CUDA = %s\n" % (root or "/usr", "True" if cuda else "False"))
+
+libtorch_repository = repository_rule(
+    implementation = _libtorch_impl,
+    environ = ["LIBTORCH"],
+    local = True,
+)

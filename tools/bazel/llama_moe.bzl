@@ -1,0 +1,40 @@
+"""Project wrapper macros: compiler flags, test and benchmark conventions in one place.
+
+Every C++ target of the project uses these instead of the native rules, so that warnings,
+sanitizer-friendly flags and test/benchmark dependencies are set once.
+"""
+
+_COPTS = [
+    "-Wall",
+    "-Wextra",
+    "-Wno-unused-parameter",
+    "-Wno-sign-compare",
+    "-Wno-missing-field-initializers",
+]
+
+def lm_cc_library(name, copts = [], **kwargs):
+    native.cc_library(name = name, copts = _COPTS + copts, **kwargs)
+
+def lm_cc_binary(name, copts = [], **kwargs):
+    native.cc_binary(name = name, copts = _COPTS + copts, **kwargs)
+
+def lm_cc_test(name, copts = [], deps = [], size = "small", **kwargs):
+    """A GoogleTest target; `gtest_main` is linked in."""
+    native.cc_test(
+        name = name,
+        copts = _COPTS + copts,
+        deps = deps + ["@system//:gtest_main"],
+        size = size,
+        **kwargs
+    )
+
+def lm_cc_benchmark(name, copts = [], deps = [], tags = [], **kwargs):
+    """A Google Benchmark binary: testonly, tagged `benchmark`, never run by `bazel test //...`."""
+    native.cc_binary(
+        name = name,
+        copts = _COPTS + copts,
+        deps = deps + ["@system//:benchmark_main"],
+        testonly = True,
+        tags = tags + ["benchmark"],
+        **kwargs
+    )
