@@ -126,8 +126,16 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
     for (size_t i = 0; i < w->placements_.size(); ++i) {
       const Placement& p = w->placements_[i];
       if (p.shard != s) continue;
-      entries.push_back(TensorEntry{p.spec.name, p.spec.dtype, p.spec.shape});
       which.push_back(i);
+    }
+    // Wider element types first (as the reference serializer does): every tensor then starts at
+    // a multiple of its element size, so readers can map it without copying.
+    std::stable_sort(which.begin(), which.end(), [&](size_t a, size_t b) {
+      return DTypeSize(w->placements_[a].spec.dtype) > DTypeSize(w->placements_[b].spec.dtype);
+    });
+    for (size_t i : which) {
+      const Placement& p = w->placements_[i];
+      entries.push_back(TensorEntry{p.spec.name, p.spec.dtype, p.spec.shape});
     }
     const std::string header = BuildSafetensorsHeader(&entries, metadata);
     for (size_t j = 0; j < entries.size(); ++j) {

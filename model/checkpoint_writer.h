@@ -1,7 +1,8 @@
 // Streaming, atomic writer of a Hugging Face model directory.
 //
 // The caller declares every tensor (name, dtype, shape) up front. The writer assigns tensors to
-// shards of at most `max_shard_bytes` in the declared order, writes each shard's header at once,
+// shards of at most `max_shard_bytes` in the declared order (inside a shard, wider dtypes first so
+// every tensor is aligned for zero-copy reads), writes each shard's header at once,
 // and then accepts tensors in any order, writing each straight to its final offset; nothing is
 // buffered, so peak memory is one tensor. Everything goes into a temporary sibling directory
 // (`<dir>.tmp-<pid>-<n>`) that Commit() renames to `dir` after checking that every declared tensor

@@ -1,0 +1,25 @@
+// Helpers shared by the model/ tests.
+#ifndef LLAMA_MOE_MODEL_TEST_UTIL_H_
+#define LLAMA_MOE_MODEL_TEST_UTIL_H_
+
+#include <cstdlib>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "model/file_util.h"
+
+namespace llama_moe {
+
+// A fresh directory path under Bazel's per-test temporary directory (not created).
+inline std::string TestPath(const std::string& name) {
+  static int counter = 0;
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string base = tmp ? tmp : "/tmp";
+  const std::string path = JoinPath(base, absl::StrCat(name, "-", counter++));
+  RemoveAll(path).IgnoreError();
+  return path;
+}
+
+}  // namespace llama_moe
+
+#endif  // LLAMA_MOE_MODEL_TEST_UTIL_H_
