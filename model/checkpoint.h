@@ -43,6 +43,8 @@ class Checkpoint {
   // Header entry and the shard holding it; NotFound otherwise.
   absl::StatusOr<std::pair<const TensorEntry*, const SafetensorsFile*>> Find(absl::string_view name) const;
   absl::StatusOr<at::Tensor> Get(absl::string_view name) const;
+  // See SafetensorsFile::Release; unknown names are ignored.
+  void Release(absl::string_view name) const;
   const std::vector<std::shared_ptr<SafetensorsFile>>& shards() const { return shards_; }
   // Sum of tensor bytes over all shards.
   uint64_t total_bytes() const;

@@ -40,12 +40,15 @@ absl::StatusOr<DType> ConfigDType(const LlamaConfig& cfg) {
 }
 
 absl::Status VerifyLlamaCheckpoint(const Checkpoint& ckpt, const LlamaConfig& cfg, bool read_data) {
+  return VerifyCheckpointTensors(ckpt, LlamaTensorSpecs(cfg, DType::kF32), read_data);
+}
+
+absl::Status VerifyCheckpointTensors(const Checkpoint& ckpt, const std::vector<TensorSpec>& specs,
+                                     bool read_data) {
   std::set<std::string> expected;
-  for (const TensorSpec& s : LlamaTensorSpecs(cfg, DType::kF32)) {
+  for (const TensorSpec& s : specs) {
     expected.insert(s.name);
-    ASSIGN_OR_RETURN(auto found, ckpt.Find(s.name),
-                     absl::StrCat("checkpoint does not match its config (", cfg.num_hidden_layers,
-                                  " layers, tie_word_embeddings=", cfg.tie_word_embeddings, ")"));
+    ASSIGN_OR_RETURN(auto found, ckpt.Find(s.name), "checkpoint does not match its config.json");
     const TensorEntry& e = *found.first;
     if (e.shape != s.shape) {
       return absl::InvalidArgumentError(absl::StrCat("file '", found.second->path(), "': tensor '", s.name,
@@ -71,7 +74,7 @@ absl::Status VerifyLlamaCheckpoint(const Checkpoint& ckpt, const LlamaConfig& cf
     if (!expected.count(name)) {
       ASSIGN_OR_RETURN(auto found, ckpt.Find(name));
       return absl::InvalidArgumentError(absl::StrCat("file '", found.second->path(), "': tensor '", name,
-                                                     "' is not part of a Llama model with this config"));
+                                                     "' is not part of a model with this config.json"));
     }
   }
   return absl::OkStatus();

@@ -31,9 +31,12 @@ std::vector<TensorSpec> LlamaTensorSpecs(const LlamaConfig& cfg, DType dtype);
 // The storage dtype named by config.json's torch_dtype.
 absl::StatusOr<DType> ConfigDType(const LlamaConfig& cfg);
 
-// Checks that `ckpt` holds every tensor of LlamaTensorSpecs(cfg) with the expected shape (any
-// floating dtype), and no unexpected tensor, with an error naming the file, tensor and shapes.
-// With `read_data`, every tensor's bytes are also read and checked to be finite.
+// Checks that `ckpt` holds every tensor of `expected` with the expected shape (any floating
+// dtype), and no unexpected tensor, with an error naming the file, tensor and shapes. With
+// `read_data`, every tensor's bytes are also read and checked to be finite.
+absl::Status VerifyCheckpointTensors(const Checkpoint& ckpt, const std::vector<TensorSpec>& expected,
+                                     bool read_data);
+// VerifyCheckpointTensors against LlamaTensorSpecs(cfg).
 absl::Status VerifyLlamaCheckpoint(const Checkpoint& ckpt, const LlamaConfig& cfg, bool read_data);
 
 }  // namespace llama_moe

@@ -98,6 +98,19 @@ const uint8_t* SafetensorsFile::Data(const TensorEntry& entry) const {
   return base_ + header_.data_start + entry.begin;
 }
 
+void SafetensorsFile::Release(const TensorEntry& entry) const {
+  if (base_ == nullptr) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(base_ + header_.data_start + entry.begin);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(base_ + header_.data_start + entry.end);
+  // Only whole pages inside the tensor: neighbours sharing a page keep theirs.
+  const uintptr_t first = (begin + page - 1) / page * page;
+  const uintptr_t last = end / page * page;
+  // A written (copy-on-write) page would lose its changes; the reader's callers only release
+  // tensors they did not modify in place.
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 absl::StatusOr<at::Tensor> SafetensorsFile::Get(absl::string_view name) const {
   const TensorEntry* e = Find(name);
   if (e == nullptr) {

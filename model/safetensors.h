@@ -44,6 +44,10 @@ class SafetensorsFile {
   // Raw bytes of a tensor, inside the mapping.
   const uint8_t* Data(const TensorEntry& entry) const;
   uint64_t file_size() const { return size_; }
+  // Drops this process's resident pages of a tensor (they are re-read from the file if touched
+  // again, and tensors viewing them stay valid). Streaming readers call it after each tensor so
+  // that resident memory stays at one tensor rather than growing to the checkpoint's size.
+  void Release(const TensorEntry& entry) const;
 
  private:
   SafetensorsFile() = default;

@@ -12,7 +12,7 @@ APT_PACKAGES=(
   libopenblas0-openmp
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   protobuf-compiler libprotobuf-dev
-  nlohmann-json3-dev libpcre2-dev
+  nlohmann-json3-dev libpcre2-dev libssl-dev
   python3-matplotlib
 )
 # Node.js and npm: this image ships them (node 20); Debian's nodejs conflicts with that npm.

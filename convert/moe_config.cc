@@ -1,0 +1,70 @@
+#include "convert/moe_config.h"
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace llama_moe {
+namespace {
+using json = nlohmann::json;
+}  // namespace
+
+absl::Status ValidateMoeConfig(const MoeConfig& m, const LlamaConfig& cfg) {
+  auto bad = [](const std::string& s) { return absl::InvalidArgumentError(absl::StrCat("moe: ", s)); };
+  if (m.num_frozen_experts < 1) return bad(absl::StrCat("num_frozen_experts must be >= 1, got ", m.num_frozen_experts));
+  if (m.num_learned_experts < 0) return bad(absl::StrCat("num_learned_experts must be >= 0, got ", m.num_learned_experts));
+  if (m.expert_intermediate_size < 1) {
+    return bad(absl::StrCat("expert_intermediate_size must be >= 1, got ", m.expert_intermediate_size));
+  }
+  if (m.num_frozen_experts * m.expert_intermediate_size != cfg.intermediate_size) {
+    return bad(absl::StrCat("num_frozen_experts ", m.num_frozen_experts, " x expert_intermediate_size ",
+                            m.expert_intermediate_size, " != intermediate_size ", cfg.intermediate_size,
+                            " (the frozen slices must cover the dense FFN exactly)"));
+  }
+  if (m.top_k < 1 || m.top_k > m.num_experts()) {
+    return bad(absl::StrCat("top_k ", m.top_k, " must be between 1 and the ", m.num_experts(), " experts"));
+  }
+  if (m.score_function != "softmax" && m.score_function != "sigmoid") {
+    return bad(absl::StrCat("score_function '", m.score_function, "' is not softmax or sigmoid"));
+  }
+  if (!(m.gate_scale > 0)) return bad(absl::StrCat("gate_scale must be positive, got ", m.gate_scale));
+  if (!(m.bias_update_rate >= 0)) return bad(absl::StrCat("bias_update_rate must be >= 0, got ", m.bias_update_rate));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<MoeConfig>> MoeConfigFromLlama(const LlamaConfig& cfg) {
+  json extra = json::parse(cfg.extra_json, nullptr, /*allow_exceptions=*/false);
+  if (!extra.is_object() || !extra.contains("moe")) return std::optional<MoeConfig>();
+  const json& j = extra["moe"];
+  if (!j.is_object()) return absl::InvalidArgumentError("config field 'moe' is not an object");
+  MoeConfig m;
+  try {
+    m.num_frozen_experts = j.at("num_frozen_experts").get<int64_t>();
+    m.num_learned_experts = j.at("num_learned_experts").get<int64_t>();
+    m.expert_intermediate_size = j.at("expert_intermediate_size").get<int64_t>();
+    m.top_k = j.at("top_k").get<int64_t>();
+    m.score_function = j.at("score_function").get<std::string>();
+    m.normalize_gates = j.at("normalize_gates").get<bool>();
+    m.gate_scale = j.at("gate_scale").get<double>();
+    m.bias_update_rate = j.value("bias_update_rate", 1e-3);
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config field 'moe': ", e.what()));
+  }
+  if (absl::Status s = ValidateMoeConfig(m, cfg); !s.ok()) return s;
+  return std::optional<MoeConfig>(m);
+}
+
+void SetMoeConfig(const MoeConfig& m, LlamaConfig* cfg) {
+  json extra = json::parse(cfg->extra_json, nullptr, /*allow_exceptions=*/false);
+  if (!extra.is_object()) extra = json::object();
+  extra["moe"] = {{"num_frozen_experts", m.num_frozen_experts},
+                  {"num_learned_experts", m.num_learned_experts},
+                  {"expert_intermediate_size", m.expert_intermediate_size},
+                  {"top_k", m.top_k},
+                  {"score_function", m.score_function},
+                  {"normalize_gates", m.normalize_gates},
+                  {"gate_scale", m.gate_scale},
+                  {"bias_update_rate", m.bias_update_rate}};
+  cfg->extra_json = extra.dump();
+}
+
+}  // namespace llama_moe

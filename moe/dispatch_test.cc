@@ -1,0 +1,116 @@
+#include "moe/dispatch.h"
+
+#include <ATen/ATen.h>
+
+#include "gtest/gtest.h"
+
+namespace llama_moe {
+namespace {
+
+ExpertStacks RandomStacks(int64_t nf, int64_t nl, int64_t ie, int64_t h, at::ScalarType dtype) {
+  auto r = [&](std::vector<int64_t> shape) { return (at::randn(shape) / std::sqrt(double(shape.back()))).to(dtype); };
+  ExpertStacks s;
+  s.frozen_gate = r({nf, ie, h});
+  s.frozen_up = r({nf, ie, h});
+  s.frozen_down = r({nf, h, ie});
+  if (nl > 0) {
+    s.learned_gate = r({nl, ie, h});
+    s.learned_up = r({nl, ie, h});
+    s.learned_down = r({nl, h, ie});
+  }
+  return s;
+}
+
+// Random routing: K distinct experts per token with positive weights.
+std::pair<at::Tensor, at::Tensor> RandomRoute(int64_t T, int64_t E, int64_t K) {
+  at::Tensor expert = std::get<1>(at::rand({T, E}).topk(K, -1));
+  at::Tensor weight = at::rand({T, K}) + 0.1;
+  return {expert, weight};
+}
+
+double RelErr(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() /
+         b.to(at::kDouble).abs().max().item<double>();
+}
+
+TEST(DispatchTest, SparseMatchesReferenceAndBaselinesFloat32) {
+  at::manual_seed(0);
+  for (const auto& [T, nf, nl, K] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
+           {1, 8, 8, 8}, {7, 8, 8, 2}, {33, 4, 4, 1}, {64, 8, 0, 3}, {50, 16, 16, 8}}) {
+    const int64_t H = 24, ie = 12;
+    ExpertStacks s = RandomStacks(nf, nl, ie, H, at::kFloat);
+    auto [expert, weight] = RandomRoute(T, nf + nl, K);
+    at::Tensor x = at::randn({T, H});
+    const at::Tensor ref = ReferenceMoeForward(x, expert, weight, s);
+    // Float32 with different summation orders: a few ulps of the output scale.
+    EXPECT_LT(RelErr(SparseMoeForward(x, expert, weight, s), ref), 1e-5) << T << " " << K;
+    EXPECT_LT(RelErr(SeedStyleMoeForward(x, expert, weight, s), ref), 1e-5);
+    EXPECT_LT(RelErr(MixtralLoopMoeForward(x, expert, weight, s), ref), 1e-5);
+  }
+}
+
+TEST(DispatchTest, SparseMatchesReferenceBfloat16) {
+  at::manual_seed(1);
+  const int64_t T = 40, H = 32, ie = 16;
+  ExpertStacks s = RandomStacks(8, 8, ie, H, at::kBFloat16);
+  auto [expert, weight] = RandomRoute(T, 16, 4);
+  at::Tensor x = at::randn({T, H}).to(at::kBFloat16);
+  // bfloat16 keeps 8 bits of mantissa; intermediate roundings differ by path: 2^-6 relative.
+  EXPECT_LT(RelErr(SparseMoeForward(x, expert, weight, s), ReferenceMoeForward(x, expert, weight, s)), 1.6e-2);
+}
+
+TEST(DispatchTest, AllFrozenEqualsSumOfSlicesAndDenseFfn) {
+  at::manual_seed(2);
+  const int64_t T = 9, H = 16, nf = 4, ie = 8;
+  ExpertStacks s = RandomStacks(nf, 2, ie, H, at::kFloat);
+  at::Tensor x = at::randn({T, H});
+  at::Tensor sum = at::zeros({T, H});
+  for (int64_t e = 0; e < nf; ++e) sum += s.Expert(e, x);
+  EXPECT_LT(RelErr(AllFrozenForward(x, s), sum), 1e-5);
+  // Routing every token to every frozen expert with weight 1 is the same thing.
+  at::Tensor all = at::arange(nf, at::kLong).repeat({T, 1});
+  EXPECT_LT(RelErr(SparseMoeForward(x, all, at::ones({T, nf}), s), sum), 1e-5);
+  // And it is the dense FFN whose rows were sliced.
+  at::Tensor gate = s.frozen_gate.reshape({nf * ie, H}), up = s.frozen_up.reshape({nf * ie, H});
+  at::Tensor down = at::cat(std::vector<at::Tensor>{s.frozen_down[0], s.frozen_down[1], s.frozen_down[2], s.frozen_down[3]}, 1);
+  at::Tensor dense = at::matmul(at::silu(at::matmul(x, gate.t())) * at::matmul(x, up.t()), down.t());
+  EXPECT_LT(RelErr(AllFrozenForward(x, s), dense), 1e-5);
+}
+
+TEST(DispatchTest, GradientsMatchReference) {
+  at::manual_seed(3);
+  const int64_t T = 12, H = 16, ie = 8, K = 3;
+  ExpertStacks s = RandomStacks(4, 4, ie, H, at::kFloat);
+  s.learned_gate.set_requires_grad(true);
+  s.learned_down.set_requires_grad(true);
+  auto [expert, weight0] = RandomRoute(T, 8, K);
+  at::Tensor x = at::randn({T, H}).set_requires_grad(true);
+  at::Tensor weight = weight0.clone().set_requires_grad(true);
+  at::Tensor probe = at::randn({T, H});
+  (SparseMoeForward(x, expert, weight, s) * probe).sum().backward();
+  const at::Tensor gx = x.grad().clone(), gw = weight.grad().clone(), gg = s.learned_gate.grad().clone(),
+                   gd = s.learned_down.grad().clone();
+  x.grad().zero_();
+  weight.grad().zero_();
+  s.learned_gate.grad().zero_();
+  s.learned_down.grad().zero_();
+  (ReferenceMoeForward(x, expert, weight, s) * probe).sum().backward();
+  EXPECT_LT(RelErr(gx, x.grad()), 1e-5);
+  EXPECT_LT(RelErr(gw, weight.grad()), 1e-5);
+  EXPECT_LT(RelErr(gg, s.learned_gate.grad()), 1e-5);
+  EXPECT_LT(RelErr(gd, s.learned_down.grad()), 1e-5);
+}
+
+TEST(DispatchTest, UnselectedExpertsAreNeverComputed) {
+  // Poison an expert nobody selects: the sparse path must not touch it (NaN would propagate).
+  at::manual_seed(4);
+  ExpertStacks s = RandomStacks(4, 4, 8, 16, at::kFloat);
+  s.learned_up[3].fill_(std::numeric_limits<float>::quiet_NaN());
+  at::Tensor x = at::randn({20, 16});
+  at::Tensor expert = at::randint(0, 7, {20, 2}, at::kLong);  // experts 0..6, never 7
+  expert.select(1, 1).copy_((expert.select(1, 0) + 1).remainder(7));
+  EXPECT_TRUE(at::isfinite(SparseMoeForward(x, expert, at::ones({20, 2}), s)).all().item<bool>());
+}
+
+}  // namespace
+}  // namespace llama_moe

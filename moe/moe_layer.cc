@@ -1,0 +1,123 @@
+#include "moe/moe_layer.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include "absl/strings/str_cat.h"
+#include "convert/moe_layout.h"
+
+namespace llama_moe {
+
+absl::StatusOr<RoutingMode> ParseRoutingMode(const std::string& name) {
+  if (name == "identity") return RoutingMode::kIdentity;
+  if (name == "learned_only") return RoutingMode::kLearnedOnly;
+  if (name == "routed") return RoutingMode::kRouted;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown routing mode '", name, "' (expected identity, learned_only or routed)"));
+}
+
+const char* RoutingModeName(RoutingMode mode) {
+  switch (mode) {
+    case RoutingMode::kIdentity: return "identity";
+    case RoutingMode::kLearnedOnly: return "learned_only";
+    case RoutingMode::kRouted: return "routed";
+  }
+  return "?";
+}
+
+ExpertProjection::ExpertProjection(int64_t n, int64_t a, int64_t b, const at::TensorOptions& options) {
+  weight_ = register_parameter("weight", at::empty({n, a, b}, options));
+}
+
+ExpertStack::ExpertStack(int64_t n, int64_t hidden, int64_t ie, const at::TensorOptions& options) {
+  gate_proj = register_module("gate_proj", std::make_shared<ExpertProjection>(n, ie, hidden, options));
+  up_proj = register_module("up_proj", std::make_shared<ExpertProjection>(n, ie, hidden, options));
+  down_proj = register_module("down_proj", std::make_shared<ExpertProjection>(n, hidden, ie, options));
+}
+
+MoeFeedForward::MoeFeedForward(int64_t hidden, const MoeConfig& moe, const MoeLayerOptions& options,
+                               const at::TensorOptions& tensor_options)
+    : moe_(moe), options_(options) {
+  const int64_t ie = moe.expert_intermediate_size;
+  frozen_ = register_module(kFrozenExperts,
+                            std::make_shared<ExpertStack>(moe.num_frozen_experts, hidden, ie, tensor_options));
+  // Frozen slices are exact pieces of the dense model: never trained.
+  for (auto& p : frozen_->parameters()) p.set_requires_grad(false);
+  if (moe.num_learned_experts > 0) {
+    learned_ = register_module(kLearnedExperts,
+                               std::make_shared<ExpertStack>(moe.num_learned_experts, hidden, ie, tensor_options));
+  }
+  router_ = register_module("router", std::make_shared<TopKRouter>(hidden, moe, tensor_options));
+  stats_.load = at::zeros({moe.num_experts()}, at::kLong);
+}
+
+ExpertStacks MoeFeedForward::stacks() const {
+  ExpertStacks s;
+  s.frozen_gate = frozen_->gate_proj->weight();
+  s.frozen_up = frozen_->up_proj->weight();
+  s.frozen_down = frozen_->down_proj->weight();
+  if (learned_) {
+    s.learned_gate = learned_->gate_proj->weight();
+    s.learned_up = learned_->up_proj->weight();
+    s.learned_down = learned_->down_proj->weight();
+  }
+  return s;
+}
+
+at::Tensor MoeFeedForward::forward(const at::Tensor& x_in) {
+  const auto shape = x_in.sizes().vec();
+  const at::Tensor x = x_in.reshape({-1, shape.back()});  // [T,H]
+  at::Tensor y;
+  switch (options_.mode) {
+    case RoutingMode::kIdentity:
+      y = AllFrozenForward(x, stacks());
+      break;
+    case RoutingMode::kLearnedOnly:
+      TORCH_CHECK(learned_ != nullptr, "learned_only mode needs learned experts");
+      y = AllLearnedForward(x, stacks());
+      break;
+    case RoutingMode::kRouted: {
+      RouterOutput r = router_->forward(x);
+      y = SparseMoeForward(x, r.expert, r.weight, stacks());
+      {
+        c10::NoGradGuard no_grad;
+        const int64_t E = moe_.num_experts();
+        stats_.load += at::bincount(r.expert.reshape({-1}), {}, E).to(at::kCPU);
+        const at::Tensor p = moe_.score_function == "softmax" ? r.scores : r.scores / r.scores.sum(-1, true);
+        stats_.entropy_sum += -(p * at::log(p.clamp_min(1e-20))).sum().item<double>();
+        stats_.tokens += x.size(0);
+      }
+      if (options_.aux_loss_coef > 0 || options_.z_loss_coef > 0) {
+        at::Tensor aux = at::zeros({}, r.scores.options());
+        const int64_t E = moe_.num_experts(), T = x.size(0), K = moe_.top_k;
+        if (options_.aux_loss_coef > 0) {
+          // Switch/GShard: E * sum_e f_e * P_e, f = fraction of pairs to e, P = mean score.
+          const at::Tensor f = at::bincount(r.expert.reshape({-1}), {}, E).to(r.scores.dtype()) / (T * K);
+          aux = aux + options_.aux_loss_coef * E * (f.detach() * r.scores.mean(0)).sum();
+        }
+        if (options_.z_loss_coef > 0) {
+          aux = aux + options_.z_loss_coef * at::logsumexp(r.logits, -1).pow(2).mean();
+        }
+        stats_.aux_loss = stats_.aux_loss.defined() ? stats_.aux_loss + aux : aux;
+      }
+      break;
+    }
+  }
+  return y.reshape(shape);
+}
+
+RoutingStats MoeFeedForward::TakeRoutingStats() {
+  RoutingStats out = stats_;
+  stats_ = RoutingStats();
+  stats_.load = at::zeros({moe_.num_experts()}, at::kLong);
+  return out;
+}
+
+FeedForwardFactory MoeFeedForwardFactory(const MoeConfig& moe, const MoeLayerOptions& options) {
+  return [moe, options](const LlamaConfig& cfg, int64_t layer, const at::TensorOptions& tensor_options) {
+    return std::static_pointer_cast<FeedForward>(
+        std::make_shared<MoeFeedForward>(cfg.hidden_size, moe, options, tensor_options));
+  };
+}
+
+}  // namespace llama_moe

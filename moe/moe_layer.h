@@ -1,0 +1,93 @@
+// The MoE feed-forward block that takes the dense SwiGLU's slot ("model.layers.N.mlp").
+//
+// Modes:
+//   identity      every frozen slice with weight 1: the dense FFN exactly (up to summation order);
+//   learned_only  every learned expert with weight 1 (what the learned experts alone compute);
+//   routed        production: the router picks K experts per token, sparse dispatch runs them.
+// Frozen stacks never require gradients; learned stacks and the router weight do when training.
+// In routed mode the layer counts expert loads and router statistics for the balancing update
+// and for evaluation; TakeRoutingStats() returns and resets them.
+//
+// Example:
+//   LlamaLoadOptions o;
+//   o.ffn = MoeFeedForwardFactory(moe, RoutingMode::kRouted);
+//   ASSIGN_OR_RETURN(auto model, LoadLlamaFromDir(moe_dir, o));
+#ifndef LLAMA_MOE_MOE_MOE_LAYER_H_
+#define LLAMA_MOE_MOE_MOE_LAYER_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "convert/moe_config.h"
+#include "model/llama_model.h"
+#include "moe/dispatch.h"
+#include "moe/router.h"
+
+namespace llama_moe {
+
+enum class RoutingMode { kIdentity, kLearnedOnly, kRouted };
+absl::StatusOr<RoutingMode> ParseRoutingMode(const std::string& name);  // "identity", ...
+const char* RoutingModeName(RoutingMode mode);
+
+// Holds "weight" [N, a, b] for one projection of an expert stack.
+class ExpertProjection : public torch::nn::Module {
+ public:
+  ExpertProjection(int64_t n, int64_t a, int64_t b, const at::TensorOptions& options);
+  at::Tensor& weight() { return weight_; }
+
+ private:
+  at::Tensor weight_;
+};
+
+// "gate_proj", "up_proj", "down_proj" of a stack of experts.
+class ExpertStack : public torch::nn::Module {
+ public:
+  ExpertStack(int64_t n, int64_t hidden, int64_t expert_intermediate, const at::TensorOptions& options);
+  std::shared_ptr<ExpertProjection> gate_proj, up_proj, down_proj;
+};
+
+// Per-layer routing statistics accumulated since the last TakeRoutingStats().
+struct RoutingStats {
+  at::Tensor load;            // [E] int64: (token, slot) pairs routed to each expert
+  double entropy_sum = 0;     // sum over tokens of the score distribution's entropy (nats)
+  int64_t tokens = 0;
+  at::Tensor aux_loss;        // scalar (graph attached) when aux losses are enabled; else undefined
+};
+
+struct MoeLayerOptions {
+  RoutingMode mode = RoutingMode::kRouted;
+  double aux_loss_coef = 0;  // Switch-style balance loss coefficient (0: off), for ablations
+  double z_loss_coef = 0;    // router z-loss coefficient (0: off)
+};
+
+class MoeFeedForward : public FeedForward {
+ public:
+  MoeFeedForward(int64_t hidden, const MoeConfig& moe, const MoeLayerOptions& options,
+                 const at::TensorOptions& tensor_options);
+  at::Tensor forward(const at::Tensor& x) override;
+
+  void set_mode(RoutingMode mode) { options_.mode = mode; }
+  RoutingMode mode() const { return options_.mode; }
+  TopKRouter& router() { return *router_; }
+  ExpertStacks stacks() const;
+  const MoeConfig& moe() const { return moe_; }
+  // Returns the statistics accumulated since the last call and resets them.
+  RoutingStats TakeRoutingStats();
+
+ private:
+  MoeConfig moe_;
+  MoeLayerOptions options_;
+  std::shared_ptr<ExpertStack> frozen_, learned_;  // learned_ null when Nl = 0
+  std::shared_ptr<TopKRouter> router_;
+  RoutingStats stats_;
+};
+
+// A FeedForwardFactory building MoeFeedForward layers.
+FeedForwardFactory MoeFeedForwardFactory(const MoeConfig& moe, const MoeLayerOptions& options);
+
+}  // namespace llama_moe
+
+#endif  // LLAMA_MOE_MOE_MOE_LAYER_H_
