@@ -249,4 +249,45 @@ absl::Status CheckpointWriter::Commit() {
   return absl::OkStatus();
 }
 
+absl::Status WriteSafetensorsFile(const std::string& path,
+                                  const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                                  const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorEntry> entries;
+  std::vector<at::Tensor> data;
+  // Wider dtypes first, as in CheckpointWriter, so that every tensor is aligned for its type.
+  std::vector<size_t> order(tensors.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return tensors[a].second.element_size() > tensors[b].second.element_size();
+  });
+  for (size_t i : order) {
+    const auto& [name, t] = tensors[i];
+    ASSIGN_OR_RETURN(DType dtype, FromScalarType(t.scalar_type()), absl::StrCat("tensor '", name, "'"));
+    entries.push_back(TensorEntry{name, dtype, t.sizes().vec()});
+    data.push_back(t.to(at::kCPU).contiguous());
+  }
+  std::map<std::string, std::string> meta = metadata;
+  meta["format"] = "pt";
+  std::vector<TensorEntry> laid_out = entries;
+  std::string bytes = BuildSafetensorsHeader(&laid_out, meta);
+  for (size_t i = 0; i < data.size(); ++i) {
+    bytes.append(static_cast<const char*>(data[i].data_ptr()), laid_out[i].nbytes());
+  }
+  const std::string tmp = TempSibling(path, "tmp");
+  RETURN_IF_ERROR(WriteStringToFile(tmp, bytes));
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    RemoveAll(tmp).IgnoreError();
+    return absl::InternalError(absl::StrCat("cannot rename '", tmp, "' to '", path, "': ", std::strerror(err)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensorsFile(const std::string& path) {
+  ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsFile> f, SafetensorsFile::Open(path));
+  std::map<std::string, at::Tensor> out;
+  for (const TensorEntry& e : f->header().tensors) out[e.name] = f->Get(e).clone();
+  return out;
+}
+
 }  // namespace llama_moe

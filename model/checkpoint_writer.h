@@ -97,6 +97,15 @@ class CheckpointWriter {
   bool committed_ = false;
 };
 
+// Writes one safetensors file holding `tensors` (in memory; for small files such as logits or
+// optimizer shards), atomically: a temporary sibling renamed over `path`.
+absl::Status WriteSafetensorsFile(const std::string& path,
+                                  const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                                  const std::map<std::string, std::string>& metadata = {});
+
+// Reads every tensor of one safetensors file into memory (copies, independent of the file).
+absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensorsFile(const std::string& path);
+
 }  // namespace llama_moe
 
 #endif  // LLAMA_MOE_MODEL_CHECKPOINT_WRITER_H_

@@ -36,9 +36,13 @@ def _libtorch_impl(ctx):
     cuda = ctx.path(lib + "/libtorch_cuda.so").exists
     if cuda:
         libs += ["torch_cuda", "c10_cuda"]
+    # --no-as-needed: LibTorch registers its operators (and CUDA its kernels) from static
+    # initialisers, so its libraries must stay linked even when no symbol is referenced directly.
+    # It is left on: turning --as-needed back on here would also apply to the libraries Bazel
+    # lists after these (Abseil), which shared libraries of this project use.
     linkopts = ["-L" + lib, "-Wl,-rpath," + lib, "-Wl,--no-as-needed"]
     linkopts += ["-l" + l for l in libs if ctx.path(lib + "/lib" + l + ".so").exists]
-    linkopts += ["-Wl,--as-needed", "-pthread"]
+    linkopts += ["-pthread"]
 
     defines = []
     if cuda:

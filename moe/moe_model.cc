@@ -1,0 +1,33 @@
+#include "moe/moe_model.h"
+
+#include "absl/strings/str_cat.h"
+#include "model/checkpoint.h"
+#include "model/status_macros.h"
+
+namespace llama_moe {
+
+void LoadedModel::SetRouting(RoutingMode mode) {
+  for (MoeFeedForward* l : moe_layers) l->set_mode(mode);
+}
+
+absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, const ModelLoadOptions& options) {
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
+  LoadedModel out;
+  ASSIGN_OR_RETURN(out.config, ckpt->LoadConfig());
+  ASSIGN_OR_RETURN(out.moe, MoeConfigFromLlama(out.config), absl::StrCat("config of '", dir, "'"));
+  LlamaLoadOptions lo;
+  lo.dtype = options.dtype;
+  lo.device = options.device;
+  if (out.moe) lo.ffn = MoeFeedForwardFactory(*out.moe, options.moe);
+  ASSIGN_OR_RETURN(out.model, LoadLlamaForCausalLM(*ckpt, out.config, lo));
+  if (out.moe) {
+    for (int64_t l = 0; l < out.config.num_hidden_layers; ++l) {
+      auto* layer = dynamic_cast<MoeFeedForward*>(&out.model->backbone().layer(l).mlp());
+      if (layer == nullptr) return absl::InternalError("MoE factory produced a non-MoE layer");
+      out.moe_layers.push_back(layer);
+    }
+  }
+  return out;
+}
+
+}  // namespace llama_moe

@@ -1,0 +1,44 @@
+// Loading any model directory the project produces: a dense Llama 3 (HF layout) or a converted
+// or trained MoE model (config.json with a "moe" block), with the MoE layer in the FFN slot.
+//
+// Example:
+//   ModelLoadOptions o;
+//   o.routing = RoutingMode::kIdentity;
+//   ASSIGN_OR_RETURN(LoadedModel m, LoadModel("/models/llama3-8b-moe", o));
+//   ASSIGN_OR_RETURN(at::Tensor logits, m.model->Forward(tokens));
+#ifndef LLAMA_MOE_MOE_MOE_MODEL_H_
+#define LLAMA_MOE_MOE_MOE_MODEL_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "convert/moe_config.h"
+#include "model/llama_model.h"
+#include "moe/moe_layer.h"
+
+namespace llama_moe {
+
+struct ModelLoadOptions {
+  std::optional<DType> dtype;               // compute dtype; unset: the checkpoint's
+  c10::Device device = c10::Device(c10::kCPU);
+  MoeLayerOptions moe;                      // routing mode and aux losses (MoE models only)
+};
+
+struct LoadedModel {
+  std::shared_ptr<LlamaForCausalLM> model;
+  LlamaConfig config;
+  std::optional<MoeConfig> moe;             // set for MoE models
+  std::vector<MoeFeedForward*> moe_layers;  // one per decoder layer for MoE models
+
+  // Sets the routing mode of every MoE layer.
+  void SetRouting(RoutingMode mode);
+};
+
+absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, const ModelLoadOptions& options);
+
+}  // namespace llama_moe
+
+#endif  // LLAMA_MOE_MOE_MOE_MODEL_H_
