@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
 #include <limits>
@@ -145,9 +147,62 @@ LlamaBackbone::LlamaBackbone(const LlamaConfig& cfg, const at::TensorOptions& op
   norm_ = register_module("norm", std::make_shared<RmsNorm>(cfg.hidden_size, cfg.rms_norm_eps, options));
 }
 
+namespace {
+
+thread_local bool t_recompute = false;
+
+// Activation checkpointing of one decoder layer: the forward runs without a graph and keeps only
+// its input; the backward recomputes the layer with a graph and back-propagates through it
+// (a re-entrant backward, as torch.utils.checkpoint's original implementation does).
+struct LayerCheckpoint : public torch::autograd::Function<LayerCheckpoint> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::Tensor x, at::Tensor cos, at::Tensor sin,
+                            at::Tensor mask, int64_t layer_ptr) {
+    auto* layer = reinterpret_cast<LlamaDecoderLayer*>(layer_ptr);
+    ctx->save_for_backward({x, cos, sin, mask});
+    ctx->saved_data["layer"] = layer_ptr;
+    AttentionContext actx;
+    actx.rope.cos = cos;
+    actx.rope.sin = sin;
+    actx.mask_bias = mask;
+    c10::AutoGradMode no_grad(false);
+    return layer->forward(x, actx);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    auto* layer = reinterpret_cast<LlamaDecoderLayer*>(ctx->saved_data["layer"].toInt());
+    AttentionContext actx;
+    actx.rope.cos = saved[1];
+    actx.rope.sin = saved[2];
+    actx.mask_bias = saved[3];
+    at::Tensor x = saved[0].detach().requires_grad_(true);
+    at::Tensor out;
+    {
+      c10::AutoGradMode grad(true);
+      t_recompute = true;
+      out = layer->forward(x, actx);
+      t_recompute = false;
+    }
+    torch::autograd::backward({out}, {grad_out[0]});
+    return {x.grad(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool InActivationRecompute() { return t_recompute; }
+
 at::Tensor LlamaBackbone::forward(const at::Tensor& tokens, const AttentionContext& ctx) {
   at::Tensor x = at::embedding(embed_tokens_->weight(), tokens);
-  for (auto& layer : layers_) x = layer->forward(x, ctx);
+  const bool checkpoint = ctx.checkpoint_layers && at::GradMode::is_enabled() && ctx.cache == nullptr;
+  for (auto& layer : layers_) {
+    if (checkpoint) {
+      x = LayerCheckpoint::apply(x, ctx.rope.cos, ctx.rope.sin, ctx.mask_bias,
+                                 reinterpret_cast<int64_t>(layer.get()));
+    } else {
+      x = layer->forward(x, ctx);
+    }
+  }
   return norm_->forward(x);
 }
 
@@ -163,7 +218,7 @@ LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& cfg, const at::TensorOptio
 }
 
 at::Tensor LlamaForCausalLM::ForwardUnchecked(const at::Tensor& tokens_in, const ForwardOptions& options) {
-  c10::AutoGradMode no_grad(false);
+  c10::AutoGradMode grad_mode(options.enable_grad);
   const bool one_d = tokens_in.dim() == 1;
   const at::Tensor tokens = (one_d ? tokens_in.unsqueeze(0) : tokens_in).to(device(), at::kLong);
   const int64_t b = tokens.size(0), t = tokens.size(1);
@@ -178,6 +233,7 @@ at::Tensor LlamaForCausalLM::ForwardUnchecked(const at::Tensor& tokens_in, const
   const at::Tensor positions = (slots - pad_t.view({-1, 1})).clamp_min(0);  // [B,T]
   ctx.rope = MakeRopeTables(inv_freq_, positions, dtype());
   ctx.mask_bias = MaskBias(start, t, pad_t);
+  ctx.checkpoint_layers = options.checkpoint_layers;
 
   at::Tensor h = model_->forward(tokens, ctx);
   if (options.cache != nullptr) options.cache->Advance(t);

@@ -82,7 +82,13 @@ struct AttentionContext {
   RopeTables rope;        // cos/sin [B,1,T,D]
   at::Tensor mask_bias;   // float32 [B,1,1,T,S]: 0 where a query may attend, -inf elsewhere
   KvCache* cache = nullptr;
+  // Recompute each decoder layer in the backward pass instead of keeping its activations.
+  bool checkpoint_layers = false;
 };
+
+// True while a checkpointed layer is being recomputed for the backward pass: stateful blocks
+// (an MoE layer's load counters) must not count that second forward.
+bool InActivationRecompute();
 
 class LlamaAttention : public torch::nn::Module {
  public:
@@ -122,6 +128,10 @@ struct ForwardOptions {
   // Only the logits of the last slot ([B,1,V]): generation needs no more, and the head is a
   // large matmul (V = 128256).
   bool last_position_only = false;
+  // Record the autograd graph (training). Inference leaves it off: no graph, less memory.
+  bool enable_grad = false;
+  // With enable_grad: activation checkpointing per decoder layer.
+  bool checkpoint_layers = false;
 };
 
 struct LlamaLoadOptions {

@@ -79,6 +79,8 @@ at::Tensor MoeFeedForward::forward(const at::Tensor& x_in) {
     case RoutingMode::kRouted: {
       RouterOutput r = router_->forward(x);
       y = SparseMoeForward(x, r.expert, r.weight, stacks());
+      // A checkpointed layer's backward recomputes this forward: count each token once.
+      if (InActivationRecompute()) break;
       {
         c10::NoGradGuard no_grad;
         const int64_t E = moe_.num_experts();
@@ -104,6 +106,12 @@ at::Tensor MoeFeedForward::forward(const at::Tensor& x_in) {
     }
   }
   return y.reshape(shape);
+}
+
+at::Tensor MoeFeedForward::TakeAuxLoss() {
+  at::Tensor aux = stats_.aux_loss;
+  stats_.aux_loss = at::Tensor();
+  return aux;
 }
 
 RoutingStats MoeFeedForward::TakeRoutingStats() {

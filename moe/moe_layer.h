@@ -76,6 +76,9 @@ class MoeFeedForward : public FeedForward {
   const MoeConfig& moe() const { return moe_; }
   // Returns the statistics accumulated since the last call and resets them.
   RoutingStats TakeRoutingStats();
+  // The auxiliary losses of the forward passes since the last call (undefined when disabled);
+  // the trainer adds them to the loss before backward.
+  at::Tensor TakeAuxLoss();
 
  private:
   MoeConfig moe_;

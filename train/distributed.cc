@@ -1,0 +1,168 @@
+#include "train/distributed.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#if defined(LLAMA_MOE_WITH_CUDA) && defined(USE_C10D_NCCL)
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <cstdlib>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace llama_moe {
+namespace {
+
+const char* Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : nullptr;
+}
+
+absl::Status ReadInt(const char* name, const char* fallback, int* out, bool* found) {
+  const char* v = Env(name);
+  if (v == nullptr && fallback != nullptr) v = Env(fallback);
+  if (v == nullptr) return absl::OkStatus();
+  if (!absl::SimpleAtoi(v, out)) {
+    return absl::InvalidArgumentError(absl::StrCat("environment variable ", name, "='", v, "' is not an integer"));
+  }
+  *found = true;
+  return absl::OkStatus();
+}
+
+// Collectives on any c10d process group type with the same method names (ProcessGroupGloo,
+// ProcessGroupNCCL; in LibTorch 2.x these are Backends, with the same calls).
+template <typename PG>
+class PgCommunicator : public Communicator {
+ public:
+  PgCommunicator(const DistEnv& env, const char* backend, c10::intrusive_ptr<c10d::Store> store,
+                 c10::intrusive_ptr<PG> pg)
+      : store_(std::move(store)), pg_(std::move(pg)) {
+    env_ = env;
+    backend_ = backend;
+  }
+
+  absl::Status AllReduceSum(std::vector<at::Tensor> tensors) override {
+    return Run("all_reduce", [&] { pg_->allreduce(tensors)->wait(); });
+  }
+  absl::Status AllGather(const at::Tensor& in, std::vector<at::Tensor>& out) override {
+    return Run("all_gather", [&] {
+      std::vector<std::vector<at::Tensor>> outs{out};
+      std::vector<at::Tensor> ins{in};
+      pg_->allgather(outs, ins)->wait();
+      for (size_t i = 0; i < out.size(); ++i) {
+        if (!outs[0][i].is_same(out[i])) out[i].copy_(outs[0][i]);
+      }
+    });
+  }
+  absl::Status Broadcast(at::Tensor tensor, int root) override {
+    return Run("broadcast", [&] {
+      std::vector<at::Tensor> t{tensor};
+      c10d::BroadcastOptions o;
+      o.rootRank = root;
+      pg_->broadcast(t, o)->wait();
+    });
+  }
+  absl::Status Barrier() override {
+    return Run("barrier", [&] { pg_->barrier()->wait(); });
+  }
+
+ private:
+  template <typename F>
+  absl::Status Run(const char* op, F&& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      std::string what = e.what();
+      what = what.substr(0, what.find('\n'));
+      return absl::UnavailableError(absl::StrCat("rank ", env_.rank, "/", env_.world_size, ": ", op,
+                                                 " failed (did another rank die or hang?): ", what));
+    }
+    return absl::OkStatus();
+  }
+
+  c10::intrusive_ptr<c10d::Store> store_;
+  c10::intrusive_ptr<PG> pg_;
+};
+
+class SingleProcess : public Communicator {
+ public:
+  explicit SingleProcess(const DistEnv& env) { env_ = env; }
+  absl::Status AllReduceSum(std::vector<at::Tensor>) override { return absl::OkStatus(); }
+  absl::Status AllGather(const at::Tensor& in, std::vector<at::Tensor>& out) override {
+    out[0].copy_(in);
+    return absl::OkStatus();
+  }
+  absl::Status Broadcast(at::Tensor, int) override { return absl::OkStatus(); }
+  absl::Status Barrier() override { return absl::OkStatus(); }
+};
+
+}  // namespace
+
+absl::StatusOr<DistEnv> DistEnvFromEnvironment() {
+  DistEnv env;
+  bool has_rank = false, has_world = false, unused = false;
+  if (absl::Status s = ReadInt("RANK", "SLURM_PROCID", &env.rank, &has_rank); !s.ok()) return s;
+  if (absl::Status s = ReadInt("WORLD_SIZE", "SLURM_NTASKS", &env.world_size, &has_world); !s.ok()) return s;
+  if (absl::Status s = ReadInt("LOCAL_RANK", "SLURM_LOCALID", &env.local_rank, &unused); !s.ok()) return s;
+  if (absl::Status s = ReadInt("MASTER_PORT", nullptr, &env.master_port, &unused); !s.ok()) return s;
+  if (const char* a = Env("MASTER_ADDR")) env.master_addr = a;
+  if (const char* a = Env("TORCHELASTIC_USE_AGENT_STORE")) env.agent_store = std::string(a) == "True" || std::string(a) == "1";
+  if (has_rank != has_world) {
+    return absl::InvalidArgumentError("RANK and WORLD_SIZE must be set together (torchrun sets both)");
+  }
+  if (env.world_size < 1 || env.rank < 0 || env.rank >= env.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat("RANK ", env.rank, " is not in [0, WORLD_SIZE=", env.world_size, ")"));
+  }
+  if (env.master_port < 1 || env.master_port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("MASTER_PORT ", env.master_port, " is not a port"));
+  }
+  return env;
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Create(const DistEnv& env, c10::Device device,
+                                                                   std::chrono::milliseconds timeout) {
+  if (env.world_size == 1) return std::unique_ptr<Communicator>(new SingleProcess(env));
+  try {
+    c10d::TCPStoreOptions so;
+    so.port = static_cast<uint16_t>(env.master_port);
+    so.isServer = !env.agent_store && env.rank == 0;
+    so.numWorkers = env.world_size;
+    so.waitWorkers = false;
+    so.timeout = timeout;
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+    // A prefix keeps our keys apart from the launcher's in its agent store.
+    auto store = c10::make_intrusive<c10d::PrefixStore>("llama_moe", tcp);
+    if (device.is_cuda()) {
+#if defined(LLAMA_MOE_WITH_CUDA) && defined(USE_C10D_NCCL)
+      auto opts = c10d::ProcessGroupNCCL::Options::create();
+      opts->timeout = timeout;
+      auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world_size, opts);
+      return std::unique_ptr<Communicator>(new PgCommunicator<c10d::ProcessGroupNCCL>(env, "nccl", store, pg));
+#else
+      return absl::UnimplementedError("CUDA tensors need a LibTorch built with NCCL (set LIBTORCH to a CUDA LibTorch)");
+#endif
+    }
+    auto opts = c10d::ProcessGroupGloo::Options::create();
+    opts->timeout = timeout;
+    // GLOO_SOCKET_IFNAME picks the interface as in PyTorch; a loopback master means one machine.
+    if (const char* ifname = Env("GLOO_SOCKET_IFNAME")) {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+    } else if (env.master_addr == "127.0.0.1" || env.master_addr == "localhost") {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+    } else {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, opts);
+    return std::unique_ptr<Communicator>(new PgCommunicator<c10d::ProcessGroupGloo>(env, "gloo", store, pg));
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    what = what.substr(0, what.find('\n'));
+    return absl::UnavailableError(absl::StrCat("rank ", env.rank, "/", env.world_size, ": cannot join the process group at ",
+                                               env.master_addr, ":", env.master_port, ": ", what));
+  }
+}
+
+}  // namespace llama_moe

@@ -1,0 +1,68 @@
+// Data-parallel communication on c10d process groups, initialised the way PyTorch jobs are
+// launched: `torchrun --no_python --nproc_per_node=N ./train ...` (or SLURM) sets RANK,
+// WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT.
+//
+// Gloo serves CPU tensors; NCCL serves CUDA tensors when the project is built against a CUDA
+// LibTorch. Every collective has a timeout, so a rank that dies or hangs makes the others fail
+// with an error naming the operation instead of blocking forever. With WORLD_SIZE unset or 1 no
+// process group is created and collectives are no-ops.
+//
+// Example:
+//   ASSIGN_OR_RETURN(DistEnv env, DistEnvFromEnvironment());
+//   ASSIGN_OR_RETURN(auto comm, Communicator::Create(env, c10::kCPU, std::chrono::seconds(300)));
+//   RETURN_IF_ERROR(comm->AllReduceSum({grad_bucket}));
+#ifndef LLAMA_MOE_TRAIN_DISTRIBUTED_H_
+#define LLAMA_MOE_TRAIN_DISTRIBUTED_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace llama_moe {
+
+struct DistEnv {
+  int rank = 0;                          // global rank, e.g. 0
+  int world_size = 1;                    // e.g. 2
+  int local_rank = 0;                    // rank on this machine (selects the GPU)
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+  // torchrun hosts the TCPStore itself (TORCHELASTIC_USE_AGENT_STORE=True): every worker is a
+  // client. Otherwise rank 0 starts the store.
+  bool agent_store = false;
+};
+
+// Reads RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT (falling back to SLURM_PROCID,
+// SLURM_NTASKS, SLURM_LOCALID); all unset means a single process.
+absl::StatusOr<DistEnv> DistEnvFromEnvironment();
+
+class Communicator {
+ public:
+  static absl::StatusOr<std::unique_ptr<Communicator>> Create(const DistEnv& env, c10::Device device,
+                                                              std::chrono::milliseconds timeout);
+  virtual ~Communicator() = default;
+
+  int rank() const { return env_.rank; }
+  int world_size() const { return env_.world_size; }
+  const char* backend() const { return backend_; }
+
+  // In-place sum across ranks of each tensor.
+  virtual absl::Status AllReduceSum(std::vector<at::Tensor> tensors) = 0;
+  // out[r] receives rank r's `in` (same shape on every rank).
+  virtual absl::Status AllGather(const at::Tensor& in, std::vector<at::Tensor>& out) = 0;
+  virtual absl::Status Broadcast(at::Tensor tensor, int root) = 0;
+  virtual absl::Status Barrier() = 0;
+
+ protected:
+  DistEnv env_;
+  const char* backend_ = "none";
+};
+
+}  // namespace llama_moe
+
+#endif  // LLAMA_MOE_TRAIN_DISTRIBUTED_H_

@@ -1,0 +1,60 @@
+// Continued pretraining of learned experts and routers (or of a whole dense model), data
+// parallel over c10d, with exact resume.
+//
+// One optimizer step (llm.c's loop, distributed):
+//   for each micro-step a:  loss_a = CE(model(batch(step, a, rank))) / tokens_per_step
+//                           backward; accumulate grads in float32
+//   all-reduce grads (buckets) and the step's loss and expert loads
+//   clip to the global norm; sharded AdamW; all-gather the updated weights
+//   move each router's selection bias toward balance (the same on every rank)
+// Checkpoints (every N steps and at the end) are Hugging Face model directories
+// (output_dir/step-NNNNNN) that every tool of the project reads, plus trainer_state.json and one
+// optimizer shard per rank; `output_dir/latest` names the newest complete one.
+//
+// Example:
+//   TrainConfig cfg = ...;  // train/train_config.proto
+//   TrainRunOptions run;    // resume, device, terminal
+//   ASSIGN_OR_RETURN(TrainResult r, Train(cfg, run));
+#ifndef LLAMA_MOE_TRAIN_TRAINER_H_
+#define LLAMA_MOE_TRAIN_TRAINER_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "train/distributed.h"
+#include "train/train_config.pb.h"
+
+namespace llama_moe {
+
+struct TrainRunOptions {
+  bool resume = false;              // continue from output_dir/latest
+  std::string device = "cpu";       // e.g. "cuda" (NCCL) or "cpu" (Gloo)
+  bool tty = false;                 // progress bar instead of lines
+  DistEnv env;                      // rank and world size
+  int64_t stop_after_steps = 0;     // > 0: stop (with a checkpoint) after this many steps of this run
+};
+
+struct TrainResult {
+  int64_t first_step = 0;            // step this run started at
+  int64_t last_step = 0;             // steps completed in total
+  std::vector<double> losses;        // training loss of each step this run made
+  double initial_heldout_loss = 0;   // before the first step of a fresh run (when eval_every > 0)
+  double heldout_loss = 0;           // at the end (nats per token)
+  // sum_l sum_e (e + 1) * bias[l][e] over router selection biases: equal across ranks when the
+  // balancing update is synchronised (printed by //train:train for the distributed test).
+  double router_bias_checksum = 0;
+  double tokens_per_second = 0;      // training throughput of this run, all ranks
+  int64_t optimizer_state_bytes = 0; // this rank
+  int64_t peak_rss_bytes = 0;        // this process
+  std::string final_checkpoint;      // output_dir/step-NNNNNN
+};
+
+absl::StatusOr<TrainResult> Train(const TrainConfig& config, const TrainRunOptions& run);
+
+// Loads a text-proto TrainConfig, then merges `overrides` (text proto) over it.
+absl::StatusOr<TrainConfig> LoadTrainConfig(const std::string& path, const std::string& overrides);
+
+}  // namespace llama_moe
+
+#endif  // LLAMA_MOE_TRAIN_TRAINER_H_
