@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Renders evaluation results as a Markdown report with PNG plots.
 
 usage: make_report.py --out DIR [--title T] [--eval LABEL=eval.json ...] [--metrics LABEL=metrics.jsonl ...]

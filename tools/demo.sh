@@ -82,7 +82,8 @@ evaluate "$out/train_dp/$(cat "$out/train_dp/latest")" dp_trained --routing rout
 stage_done
 
 stage checks "the acceptance checks on the numbers above"
-python3 - "$out" <<'PY' | tee "$out/checks.txt"
+checks_ok=1
+python3 - "$out" >"$out/checks.txt" <<'PY' || checks_ok=0
 import json, sys
 out = sys.argv[1]
 ev = lambda n: json.load(open(f"{out}/eval_{n}.json"))
@@ -105,9 +106,11 @@ for name, value, good in rows:
     ok &= bool(good)
 sys.exit(0 if ok else 1)
 PY
-stage_done
+cat "$out/checks.txt"
+[ "$checks_ok" = 1 ] && stage_done
 
-python3 eval/make_report.py --out "$out" --title "llama-moe-cc demo: $(basename "$model") -> MoE" \
+# Debian's python3 has matplotlib (python3-matplotlib); a python3 earlier on PATH may not.
+/usr/bin/python3 eval/make_report.py --out "$out" --title "llama-moe-cc demo: $(basename "$model") -> MoE" \
   --times "$times" \
   --eval "dense=$out/eval_dense.json" --eval "seed@conversion=$out/eval_seed_conversion.json" \
   --eval "dense-preserving@conversion=$out/eval_dp_conversion.json" \
@@ -115,5 +118,6 @@ python3 eval/make_report.py --out "$out" --title "llama-moe-cc demo: $(basename 
   --metrics "seed=$out/train_seed/metrics.jsonl" --metrics "dense-preserving=$out/train_dp/metrics.jsonl" \
   --text "Dense generation=$out/generate_dense.txt" --text "Logit match=$out/logit_match.txt" \
   --text "Checks=$out/checks.txt"
+[ "$checks_ok" = 1 ] || fail "acceptance checks failed (see $out/checks.txt and $out/report.md)"
 echo
 echo "demo: all stages passed; report: $out/report.md"

@@ -2,10 +2,13 @@
 //
 //   bazel run //tools:make_tiny_llama -- --output /tmp/tiny --dtype bf16 --shards 3
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "model/file_util.h"
 #include "model/main_util.h"
@@ -28,6 +31,12 @@ ABSL_FLAG(bool, tie, false, "tie the output head to the embeddings");
 ABSL_FLAG(uint64_t, seed, 0, "random seed");
 ABSL_FLAG(std::string, tokenizer, "", "optional tokenizer.json to copy into the model directory");
 ABSL_FLAG(bool, overwrite, false, "replace an existing output directory");
+ABSL_FLAG(int64_t, bos_token_id, -1,
+          "bos_token_id, e.g. 4086 for tools/make_small_tokenizer.py's <|begin_of_text|> "
+          "(-1: 128000 for a Llama 3 vocabulary, vocab - 2 otherwise)");
+ABSL_FLAG(std::vector<std::string>, eos_token_ids, {},
+          "comma-separated eos_token_id list, e.g. 4087,4095 (empty: 128001,128008,128009 for a "
+          "Llama 3 vocabulary, vocab - 1 otherwise)");
 
 namespace llama_moe {
 namespace {
@@ -54,6 +63,19 @@ absl::Status Run() {
   } else {
     c.bos_token_id = c.vocab_size - 2;
     c.eos_token_ids = {c.vocab_size - 1};
+  }
+  // A smaller tokenizer keeps its specials elsewhere (tools/make_small_tokenizer.py: after the
+  // merged tokens); its ids are given explicitly and checked against the vocabulary by the writer.
+  if (absl::GetFlag(FLAGS_bos_token_id) >= 0) c.bos_token_id = absl::GetFlag(FLAGS_bos_token_id);
+  if (!absl::GetFlag(FLAGS_eos_token_ids).empty()) {
+    c.eos_token_ids.clear();
+    for (const std::string& s : absl::GetFlag(FLAGS_eos_token_ids)) {
+      int64_t id = 0;
+      if (!absl::SimpleAtoi(s, &id)) {
+        return absl::InvalidArgumentError(absl::StrCat("--eos_token_ids: '", s, "' is not an integer"));
+      }
+      c.eos_token_ids.push_back(id);
+    }
   }
   ASSIGN_OR_RETURN(o.dtype, ParseFloatDTypeFlag(absl::GetFlag(FLAGS_dtype)), "--dtype");
   o.num_shards = absl::GetFlag(FLAGS_shards);
