@@ -10,7 +10,7 @@
 namespace llama_moe {
 
 ShardedAdamW::ShardedAdamW(std::vector<std::pair<std::string, at::Tensor>> params, Communicator* comm,
-                           const AdamWOptions& options)
+                           const AdamWOptions& options, const std::vector<double>& lr_scales)
     : params_(std::move(params)), comm_(comm), options_(options) {
   c10::NoGradGuard no_grad;
   for (const auto& [name, p] : params_) {
@@ -26,13 +26,16 @@ ShardedAdamW::ShardedAdamW(std::vector<std::pair<std::string, at::Tensor>> param
   grad_ = at::zeros({padded_}, f32);
   at::Tensor full = at::zeros({padded_}, f32);
   at::Tensor mask = at::zeros({padded_}, f32);
+  at::Tensor scale = at::ones({padded_}, f32);
   for (size_t i = 0; i < params_.size(); ++i) {
     const at::Tensor& p = params_[i].second;
     full.narrow(0, offsets_[i], p.numel()).copy_(p.reshape({-1}));
     if (p.dim() >= 2) mask.narrow(0, offsets_[i], p.numel()).fill_(1.0);
+    if (i < lr_scales.size()) scale.narrow(0, offsets_[i], p.numel()).fill_(lr_scales[i]);
   }
   master_ = full.narrow(0, begin_, shard_).clone();
   decay_mask_ = mask.narrow(0, begin_, shard_).clone();
+  lr_scale_ = scale.narrow(0, begin_, shard_).clone();
   m_ = at::zeros({shard_}, f32);
   v_ = at::zeros({shard_}, f32);
 }
@@ -67,8 +70,9 @@ absl::Status ShardedAdamW::Step(double lr, double max_norm, double grad_norm) {
   const double bc1 = 1 - std::pow(b1, static_cast<double>(step_));
   const double bc2 = 1 - std::pow(b2, static_cast<double>(step_));
   // Decoupled decay (AdamW): shrink the weights, then the Adam update.
-  master_.mul_(1 - lr * options_.weight_decay * decay_mask_);
-  master_.addcdiv_(m_, (v_ / bc2).sqrt_().add_(options_.eps), -lr / bc1);
+  const at::Tensor lr_t = lr_scale_ * lr;
+  master_.mul_(1 - lr_t * options_.weight_decay * decay_mask_);
+  master_.sub_(lr_t / bc1 * m_ / (v_ / bc2).sqrt_().add_(options_.eps));
   grad_.zero_();
   std::vector<at::Tensor> slices;
   at::Tensor full = at::empty({padded_}, master_.options());

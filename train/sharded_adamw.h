@@ -44,8 +44,10 @@ struct AdamWOptions {
 class ShardedAdamW {
  public:
   // `params` in a fixed order that every rank shares (name, parameter).
+  // `lr_scales` (optional, one per parameter) multiplies the learning rate of that parameter,
+  // e.g. 0.1 for router weights.
   ShardedAdamW(std::vector<std::pair<std::string, at::Tensor>> params, Communicator* comm,
-               const AdamWOptions& options);
+               const AdamWOptions& options, const std::vector<double>& lr_scales = {});
 
   // Adds every parameter's .grad() into the float32 flat buffer and clears the grads.
   void AccumulateGradients();
@@ -77,6 +79,7 @@ class ShardedAdamW {
   at::Tensor grad_;        // [padded] float32, full (all-reduced) gradient
   at::Tensor master_, m_, v_;  // [shard] float32
   at::Tensor decay_mask_;  // [shard] float32: 1 where weight decay applies
+  at::Tensor lr_scale_;    // [shard] float32: per-element learning-rate factor
 };
 
 }  // namespace llama_moe

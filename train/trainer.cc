@@ -296,7 +296,9 @@ absl::StatusOr<TrainResult> Train(const TrainConfig& cfg, const TrainRunOptions&
   ao.eps = cfg.eps();
   ao.weight_decay = cfg.weight_decay();
   ao.bucket_bytes = static_cast<int64_t>(cfg.bucket_mb()) << 20;
-  ShardedAdamW opt(trainable, comm.get(), ao);
+  std::vector<double> lr_scales;
+  for (const auto& [n, p] : trainable) lr_scales.push_back(absl::EndsWith(n, "mlp.router.weight") ? cfg.router_lr_scale() : 1.0);
+  ShardedAdamW opt(trainable, comm.get(), ao, lr_scales);
 
   int64_t step = 0;
   if (run.resume) {
