@@ -1,7 +1,11 @@
 #include "moe/dispatch.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
+#include <array>
 #include <vector>
 
 namespace llama_moe {
@@ -11,6 +15,191 @@ at::Tensor SwiGlu(const at::Tensor& x, const at::Tensor& gate, const at::Tensor&
   // x [n,H]; gate/up [Ie,H]; down [H,Ie].
   return at::matmul(at::silu(at::matmul(x, gate.t())) * at::matmul(x, up.t()), down.t());
 }
+
+// The six weight stacks in a fixed order, so that the autograd function can take them as inputs.
+enum StackIndex { kFrozenGate, kFrozenUp, kFrozenDown, kLearnedGate, kLearnedUp, kLearnedDown };
+using StackList = std::array<at::Tensor, 6>;
+
+struct ExpertWeights {
+  at::Tensor gate, up, down;  // [Ie,H], [Ie,H], [H,Ie]; undefined where the stack is
+};
+
+// Expert e's slices of a stack list (weights, or their gradients).
+ExpertWeights Slices(const StackList& s, int64_t nf, int64_t e) {
+  const int base = e < nf ? kFrozenGate : kLearnedGate;
+  const int64_t i = e < nf ? e : e - nf;
+  auto at_i = [&](int k) { return s[base + k].defined() ? s[base + k][i] : at::Tensor(); };
+  return {at_i(0), at_i(1), at_i(2)};
+}
+
+at::Tensor Detached(const at::Tensor& t) { return t.defined() ? t.detach() : t; }
+
+// Host-side plan of one dispatch: the active experts' contiguous segments of the expert-sorted
+// pairs. Segments run one after another, each GEMM using the intra-op threads. (Running whole
+// experts on separate OpenMP threads was tried: OpenBLAS 0.3.21 called from inside an OpenMP
+// parallel region ran up to 10x slower here unless OPENBLAS_NUM_THREADS=1, which a library
+// cannot set for its caller.)
+struct Plan {
+  std::vector<int64_t> expert, begin, count;  // one entry per active expert, in expert order
+  int64_t max_count = 0;                      // largest segment
+};
+
+Plan MakePlan(const at::Tensor& counts) {
+  Plan p;
+  const int64_t* c = counts.data_ptr<int64_t>();
+  int64_t begin = 0;
+  for (int64_t e = 0; e < counts.numel(); ++e) {
+    if (c[e] == 0) continue;
+    p.expert.push_back(e);
+    p.begin.push_back(begin);
+    p.count.push_back(c[e]);
+    p.max_count = std::max(p.max_count, c[e]);
+    begin += c[e];
+  }
+  return p;
+}
+
+// Runs fn(j) for every active expert j of the plan. The body works on detached tensors and
+// writes into preallocated buffers, so it runs in inference mode: no autograd bookkeeping per
+// op, and out= writes are allowed whatever mode (inference or not) the caller's tensors come from.
+template <typename F>
+void ForEachSegment(const Plan& p, const F& fn) {
+  c10::InferenceMode guard;
+  for (size_t j = 0; j < p.expert.size(); ++j) fn(j);
+}
+
+// The fast path as one autograd node with a hand-written backward. Per active expert, the forward
+// gathers the expert's rows into a reused buffer, writes its gate/up GEMMs straight into slices
+// of [T*K,Ie] buffers (kept for backward), folds the routing weight into the [n,Ie] activation
+// before the down projection (cheaper than scaling the [n,H] output), and index-adds the result
+// into the output; no per-expert outputs to concatenate and no autograd graph of ~10 nodes per
+// expert. Saved for backward: the pre-activation gate and up values of every pair and the routing
+// permutation; hidden states are gathered again instead of saved.
+class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& expert,
+                            const at::Tensor& weight, const at::Tensor& fg, const at::Tensor& fu,
+                            const at::Tensor& fd, const at::Tensor& lg, const at::Tensor& lu,
+                            const at::Tensor& ld) {
+    const StackList s = {Detached(fg), Detached(fu), Detached(fd), Detached(lg), Detached(lu), Detached(ld)};
+    const int64_t T = x.size(0), H = x.size(1), K = expert.size(1), P = T * K, nf = fg.size(0);
+    const int64_t E = nf + lg.size(0), ie = fg.size(1);
+    const at::Tensor flat_expert = expert.reshape({P});
+    // Stable sort keeps pairs of one expert in token order, so results do not depend on sort
+    // implementation details.
+    const at::Tensor order = std::get<1>(flat_expert.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+    const at::Tensor token = order.div(K, "floor");  // [P] source token of each sorted pair
+    // The one host sync: segment sizes drive the per-expert loop.
+    const at::Tensor counts = at::bincount(flat_expert, /*weights=*/{}, E).to(at::kCPU);
+    const at::Tensor w_sorted = weight.detach().reshape({P}).index_select(0, order).to(x.scalar_type());
+    const at::Tensor g = at::empty({P, ie}, x.options()), u = at::empty({P, ie}, x.options());
+    const Plan plan = MakePlan(counts);
+    // Each expert's rows of x are gathered into, and its output scattered from, one [max n,H]
+    // buffer reused by every expert: [T*K,H] buffers would be fresh pages on every call (large
+    // allocations are mmap'ed) and fall out of cache between the gather and the GEMMs.
+    at::Tensor xbuf = at::empty({plan.max_count, H}, x.options()), ybuf = at::empty({plan.max_count, H}, x.options());
+    at::Tensor out = at::zeros({T, H}, x.options());
+    const at::Tensor xd = x.detach();
+    ForEachSegment(plan, [&](size_t j) {
+      const int64_t b = plan.begin[j], n = plan.count[j];
+      const ExpertWeights w = Slices(s, nf, plan.expert[j]);
+      const at::Tensor tok = token.narrow(0, b, n);
+      at::Tensor xs = xbuf.narrow(0, 0, n), ys = ybuf.narrow(0, 0, n);
+      at::Tensor gs = g.narrow(0, b, n), us = u.narrow(0, b, n);
+      at::index_select_out(xs, xd, 0, tok);
+      at::mm_out(gs, xs, w.gate.t());
+      at::mm_out(us, xs, w.up.t());
+      const at::Tensor act = at::silu(gs).mul_(us).mul_(w_sorted.narrow(0, b, n).unsqueeze(1));
+      at::mm_out(ys, act, w.down.t());
+      out.index_add_(0, tok, ys);
+    });
+
+    ctx->save_for_backward({x, weight, fg, fu, fd, lg, lu, ld});
+    ctx->saved_data["order"] = order;
+    ctx->saved_data["token"] = token;
+    ctx->saved_data["counts"] = counts;
+    ctx->saved_data["g"] = g;
+    ctx->saved_data["u"] = u;
+    ctx->saved_data["w_sorted"] = w_sorted;
+    return out;
+  }
+
+  // With a = silu(g)*u, z = a*w, y = z Wd^T:
+  //   dWd = dy^T z, dz = dy Wd, dw = sum(dz*a), da = dz*w,
+  //   du = da*silu(g), dg = da*u*sigmoid(g)*(1 + g*(1 - sigmoid(g))),
+  //   dWg = dg^T x, dWu = du^T x, dx = dg Wg + du Wu (then scattered back to tokens).
+  // Elementwise terms are formed in float32 so that bfloat16 gradients round once, at the end.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    // The engine enables grad mode here only for create_graph=true; this backward builds no graph.
+    TORCH_CHECK(!at::GradMode::is_enabled(), "SparseMoeForward supports first-order gradients only");
+    const std::vector<at::Tensor> saved = ctx->get_saved_variables();
+    const at::Tensor x = saved[0].detach(), weight = saved[1].detach();
+    const StackList s = {Detached(saved[2]), Detached(saved[3]), Detached(saved[4]),
+                         Detached(saved[5]), Detached(saved[6]), Detached(saved[7])};
+    const at::Tensor order = ctx->saved_data["order"].toTensor(), token = ctx->saved_data["token"].toTensor();
+    const at::Tensor g = ctx->saved_data["g"].toTensor(), u = ctx->saved_data["u"].toTensor();
+    const at::Tensor w_sorted = ctx->saved_data["w_sorted"].toTensor();
+    const Plan plan = MakePlan(ctx->saved_data["counts"].toTensor());
+    const int64_t T = x.size(0), H = x.size(1), P = order.numel(), nf = s[kFrozenGate].size(0);
+    const at::ScalarType dtype = x.scalar_type();
+
+    const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(2);
+    StackList ds;  // gradients of the stacks that need one; untouched experts keep zeros
+    for (int k = 0; k < 6; ++k) {
+      if (s[k].defined() && ctx->needs_input_grad(3 + k)) ds[k] = at::zeros_like(s[k]);
+    }
+    const bool need_gate_up = ds[kFrozenGate].defined() || ds[kFrozenUp].defined() ||
+                              ds[kLearnedGate].defined() || ds[kLearnedUp].defined();
+    // Per-expert gathers and scatters through reused [max n,H] buffers, as in the forward.
+    const int64_t m = plan.max_count;
+    at::Tensor dybuf = at::empty({m, H}, x.options()), xbuf = at::empty({need_gate_up ? m : 0, H}, x.options());
+    at::Tensor dxbuf = at::empty({need_x ? m : 0, H}, x.options());
+    at::Tensor dx = need_x ? at::zeros({T, H}, x.options()) : at::Tensor();
+    const at::Tensor dy = grads[0];
+    const at::Tensor dw_sorted = need_w ? at::empty({P}, x.options().dtype(at::kFloat)) : at::Tensor();
+
+    ForEachSegment(plan, [&](size_t j) {
+      const int64_t b = plan.begin[j], n = plan.count[j], e = plan.expert[j];
+      const ExpertWeights w = Slices(s, nf, e);
+      ExpertWeights dw = Slices(ds, nf, e);
+      const at::Tensor tok = token.narrow(0, b, n);
+      at::Tensor dys = dybuf.narrow(0, 0, n);
+      at::index_select_out(dys, dy, 0, tok);
+      const at::Tensor gf = g.narrow(0, b, n).to(at::kFloat), uf = u.narrow(0, b, n).to(at::kFloat);
+      const at::Tensor wf = w_sorted.narrow(0, b, n).to(at::kFloat).unsqueeze(1);
+      const at::Tensor sig = at::sigmoid(gf);
+      const at::Tensor a = gf * sig * uf;  // silu(g)*u
+      if (dw.down.defined()) at::mm_out(dw.down, dys.t(), (a * wf).to(dtype));
+      const at::Tensor dz = at::mm(dys, w.down).to(at::kFloat);  // [n,Ie]
+      if (need_w) {
+        at::Tensor dws = dw_sorted.narrow(0, b, n);
+        at::sum_out(dws, dz * a, {1});
+      }
+      if (!need_x && !need_gate_up) return;
+      const at::Tensor da = dz * wf;
+      const at::Tensor du = (da * gf * sig).to(dtype);
+      const at::Tensor dg = (da * uf * sig * (1 + gf * (1 - sig))).to(dtype);
+      if (need_gate_up) {
+        at::Tensor xs = xbuf.narrow(0, 0, n);
+        at::index_select_out(xs, x, 0, tok);
+        if (dw.gate.defined()) at::mm_out(dw.gate, dg.t(), xs);
+        if (dw.up.defined()) at::mm_out(dw.up, du.t(), xs);
+      }
+      if (need_x) {
+        at::Tensor dxs = dxbuf.narrow(0, 0, n);
+        at::mm_out(dxs, dg, w.gate);
+        dxs.addmm_(du, w.up);
+        dx.index_add_(0, tok, dxs);
+      }
+    });
+
+    at::Tensor dweight;
+    // order is a permutation of the pairs: dweight[order[i]] = dw_sorted[i].
+    if (need_w) dweight = at::empty({P}, dw_sorted.options()).index_copy_(0, order, dw_sorted).reshape(weight.sizes()).to(weight.scalar_type());
+    return {dx, at::Tensor(), dweight, ds[0], ds[1], ds[2], ds[3], ds[4], ds[5]};
+  }
+};
 
 }  // namespace
 
@@ -22,27 +211,14 @@ at::Tensor ExpertStacks::Expert(int64_t e, const at::Tensor& x) const {
 
 at::Tensor SparseMoeForward(const at::Tensor& x, const at::Tensor& expert, const at::Tensor& weight,
                             const ExpertStacks& stacks) {
-  const int64_t T = x.size(0), K = expert.size(1), E = stacks.num_experts();
-  const at::Tensor flat_expert = expert.reshape({T * K});
-  // Stable sort keeps pairs of one expert in token order, so results do not depend on sort
-  // implementation details.
-  const at::Tensor order = std::get<1>(flat_expert.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-  const at::Tensor token = order.div(K, "floor");                      // [T*K] source token of each pair
-  const at::Tensor counts = at::bincount(flat_expert, /*weights=*/{}, E).to(at::kCPU);
-  const at::Tensor x_sorted = x.index_select(0, token);               // [T*K,H], grouped by expert
-  const int64_t* c = counts.data_ptr<int64_t>();
-  std::vector<at::Tensor> outs;
-  outs.reserve(static_cast<size_t>(E));
-  int64_t begin = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    if (c[e] == 0) continue;
-    outs.push_back(stacks.Expert(e, x_sorted.narrow(0, begin, c[e])));
-    begin += c[e];
-  }
-  const at::Tensor y_sorted = outs.size() == 1 ? outs[0] : at::cat(outs, 0);  // [T*K,H]
-  const at::Tensor w_sorted = weight.reshape({T * K}).index_select(0, order).to(y_sorted.scalar_type());
-  at::Tensor out = at::zeros_like(x);
-  return out.index_add(0, token, y_sorted * w_sorted.unsqueeze(1));
+  // Autograd functions take defined tensors only: an absent learned stack becomes an empty one.
+  auto or_empty = [&](const at::Tensor& t, const at::Tensor& like) {
+    return t.defined() ? t : at::empty({0, like.size(1), like.size(2)}, like.options());
+  };
+  return SparseMoeFunction::apply(x, expert, weight, stacks.frozen_gate, stacks.frozen_up, stacks.frozen_down,
+                                  or_empty(stacks.learned_gate, stacks.frozen_gate),
+                                  or_empty(stacks.learned_up, stacks.frozen_up),
+                                  or_empty(stacks.learned_down, stacks.frozen_down));
 }
 
 at::Tensor AllFrozenForward(const at::Tensor& x, const ExpertStacks& s) {

@@ -2,10 +2,13 @@
 // measured against.
 //
 // The fast path (SparseMoeForward) permutes the T*K (token, slot) pairs so that each expert's
-// pairs are contiguous (one stable sort by expert id), gathers the hidden states once in that
-// order, runs each *active* expert's SwiGLU on its contiguous segment, and scatter-adds the
-// gate-weighted results back in one index_add. Cost grows with T*K, not with the number of
-// experts E: an expert no token chose costs nothing.
+// pairs are contiguous (one stable sort by expert id) and, for each *active* expert, gathers its
+// tokens, runs its SwiGLU with the gate weight folded in before the down projection, and
+// index-adds the result back to the tokens. Cost grows with T*K, not with the number of
+// experts E: an expert no token chose costs nothing. It is one autograd node with a hand-written
+// backward (first-order gradients for x, the gate weights and every stack that requires grad;
+// no double backward); the per-expert GEMMs write into slices of preallocated buffers, and the
+// only host sync is one copy of the per-expert counts.
 //
 // Expert weights come from two stacks (frozen experts 0..Nf-1, learned experts Nf..E-1):
 // gate/up [N, Ie, H], down [N, H, Ie]. An empty learned stack is allowed.

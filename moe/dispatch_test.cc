@@ -1,6 +1,11 @@
 #include "moe/dispatch.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <algorithm>
 
 #include "gtest/gtest.h"
 
@@ -99,6 +104,98 @@ TEST(DispatchTest, GradientsMatchReference) {
   EXPECT_LT(RelErr(gw, weight.grad()), 1e-5);
   EXPECT_LT(RelErr(gg, s.learned_gate.grad()), 1e-5);
   EXPECT_LT(RelErr(gd, s.learned_down.grad()), 1e-5);
+}
+
+// Gradients of every input the fast path's hand-written backward produces, against autograd
+// through the reference, at a given intra-op thread count (GEMMs and elementwise kernels split
+// their work differently with 2 threads).
+void CheckAllGradients(int threads, int64_t T, int64_t nf, int64_t nl, int64_t K, bool freeze_frozen) {
+  const int saved_threads = at::get_num_threads();
+  at::set_num_threads(threads);
+  const int64_t H = 16, ie = 8;
+  ExpertStacks s = RandomStacks(nf, nl, ie, H, at::kFloat);
+  std::vector<at::Tensor*> params = {&s.learned_gate, &s.learned_up, &s.learned_down};
+  if (!freeze_frozen) params.insert(params.end(), {&s.frozen_gate, &s.frozen_up, &s.frozen_down});
+  params.erase(std::remove_if(params.begin(), params.end(), [](at::Tensor* p) { return !p->defined(); }), params.end());
+  for (at::Tensor* p : params) p->set_requires_grad(true);
+  auto [expert, weight0] = RandomRoute(T, nf + nl, K);
+  at::Tensor x = at::randn({T, H}).set_requires_grad(true);
+  at::Tensor weight = weight0.clone().set_requires_grad(true);
+  std::vector<at::Tensor> wrt = {x, weight};
+  for (at::Tensor* p : params) wrt.push_back(*p);
+  const at::Tensor probe = at::randn({T, H});
+  const auto fast = torch::autograd::grad({SparseMoeForward(x, expert, weight, s)}, wrt, {probe});
+  const auto ref = torch::autograd::grad({ReferenceMoeForward(x, expert, weight, s)}, wrt, {probe});
+  ASSERT_EQ(fast.size(), ref.size());
+  for (size_t i = 0; i < fast.size(); ++i) {
+    // Float32, same products summed in other orders: a few ulps of the gradient's scale.
+    EXPECT_LT(RelErr(fast[i], ref[i]), 1e-5) << "input " << i << " threads " << threads << " T " << T;
+  }
+  at::set_num_threads(saved_threads);
+}
+
+TEST(DispatchTest, AllGradientsMatchReferenceOneAndTwoThreads) {
+  at::manual_seed(5);
+  for (int threads : {1, 2}) {
+    CheckAllGradients(threads, 12, 4, 4, 3, /*freeze_frozen=*/true);
+    CheckAllGradients(threads, 40, 8, 8, 4, /*freeze_frozen=*/false);  // 16 experts, all active
+    CheckAllGradients(threads, 3, 2, 2, 1, /*freeze_frozen=*/false);   // fewer experts than threads x 2
+    CheckAllGradients(threads, 30, 6, 0, 2, /*freeze_frozen=*/false);  // no learned stack
+  }
+}
+
+TEST(DispatchTest, Bfloat16GradientsMatchReference) {
+  at::manual_seed(8);
+  const int64_t T = 24, H = 32, ie = 16, K = 2;
+  ExpertStacks s = RandomStacks(4, 4, ie, H, at::kBFloat16);
+  s.learned_gate.set_requires_grad(true);
+  s.learned_up.set_requires_grad(true);
+  s.learned_down.set_requires_grad(true);
+  auto [expert, weight0] = RandomRoute(T, 8, K);
+  at::Tensor x = at::randn({T, H}).to(at::kBFloat16).set_requires_grad(true);
+  at::Tensor weight = weight0.clone().set_requires_grad(true);
+  const std::vector<at::Tensor> wrt = {x, weight, s.learned_gate, s.learned_up, s.learned_down};
+  const at::Tensor probe = at::randn({T, H}).to(at::kBFloat16);
+  const auto fast = torch::autograd::grad({SparseMoeForward(x, expert, weight, s)}, wrt, {probe});
+  const auto ref = torch::autograd::grad({ReferenceMoeForward(x, expert, weight, s)}, wrt, {probe});
+  for (size_t i = 0; i < fast.size(); ++i) {
+    // Both round every GEMM output to bfloat16 (2^-8 relative), the reference also its
+    // elementwise steps and per-slot sums; a few such roundings in a row: 2^-5.
+    EXPECT_LT(RelErr(fast[i], ref[i]), 3.2e-2) << "input " << i;
+  }
+}
+
+TEST(DispatchTest, TwoThreadForwardMatchesReference) {
+  at::manual_seed(6);
+  const int saved_threads = at::get_num_threads();
+  at::set_num_threads(2);
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    ExpertStacks s = RandomStacks(16, 16, 16, 32, dtype);
+    auto [expert, weight] = RandomRoute(64, 32, 4);
+    at::Tensor x = at::randn({64, 32}).to(dtype);
+    // As in the single-dtype tests above: ulps of float32, 2^-6 of bfloat16.
+    EXPECT_LT(RelErr(SparseMoeForward(x, expert, weight, s), ReferenceMoeForward(x, expert, weight, s)),
+              dtype == at::kFloat ? 1e-5 : 1.6e-2);
+  }
+  at::set_num_threads(saved_threads);
+}
+
+TEST(DispatchTest, RunsInInferenceMode) {
+  // The benchmark and generation call it on inference tensors; the autograd function and its
+  // out= writes into preallocated buffers must work on them.
+  at::manual_seed(7);
+  ExpertStacks s = RandomStacks(8, 8, 8, 16, at::kFloat);
+  auto [expert, weight] = RandomRoute(40, 16, 4);
+  at::Tensor x = at::randn({40, 16});
+  const at::Tensor ref = ReferenceMoeForward(x, expert, weight, s);
+  const int saved_threads = at::get_num_threads();
+  for (int threads : {1, 2}) {
+    at::set_num_threads(threads);
+    c10::InferenceMode guard;
+    at::Tensor xi = x.clone();
+    EXPECT_LT(RelErr(SparseMoeForward(xi, expert.clone(), weight.clone(), s), ref), 1e-5) << threads;
+  }
+  at::set_num_threads(saved_threads);
 }
 
 TEST(DispatchTest, UnselectedExpertsAreNeverComputed) {

@@ -1,0 +1,285 @@
+// The MoE layer's expert computation (dispatch + expert SwiGLUs + combine), forward and
+// forward+backward, against three baselines measured in the same binary:
+//   dense   a dense SwiGLU FFN with the same *active* parameters (intermediate K*Ie), the cost
+//           a sparse layer should approach;
+//   seed    SeedStyleMoeForward: every expert chosen by any token runs on all T tokens;
+//   mixtral MixtralLoopMoeForward: Hugging Face's per-expert loop with one_hot masks.
+//
+// Sizes: H 1024 and a total FFN intermediate of 4096 split into E experts (Ie = 4096/E), the
+// shape of a small Llama layer. Larger layers (H 4096) make the T=2048 seed baseline and the
+// backward runs take tens of seconds each on the 2 shared cores, which would push the sweep past a
+// few minutes; smaller ones (H 256) make every run dispatch-overhead bound and say little about
+// real layers. Routing is uniform random top-K (K distinct experts per token, fixed seed) with
+// softmax-like positive weights, so expert loads vary as they do under a balanced router.
+//
+// Args: T tokens, E experts, K top-k, bf16 (0 float32, 1 bfloat16). Counters:
+//   items_per_second  tokens/s
+//   FLOP_per_s        useful FLOP/s: 6*T*K*H*Ie per forward, 3x that for forward+backward (the
+//                     same count for every method, so slower methods show lower rates)
+//   weight_bytes      bytes of expert weights the routing touches: distinct active experts x
+//                     expert bytes (dense: its whole K*Ie FFN)
+//   active_experts    distinct experts chosen by the T tokens
+//   peak_bytes        peak of tensor storage allocated through c10's CPU allocator during one
+//                     (untimed) call, above what was live before it: activations, outputs and
+//                     autograd's saved tensors; not oneDNN/OpenBLAS internal scratch buffers
+//
+// Forward runs without autograd (inference). Forward+backward takes gradients for x, the gate
+// weights and the learned experts (E/2 frozen, E/2 learned, as after upcycling); the dense
+// baseline takes gradients for x and all its weights.
+//
+//   source tools/env.sh && bazel run -c opt //benchmarks:moe_benchmark -- --benchmark_repetitions=3
+//   (benchmarks/run_all.sh runs it with JSON output; benchmarks/summarize.py prints the ratios.)
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <benchmark/benchmark.h>
+#include <c10/core/Allocator.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/ThreadLocalDebugInfo.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "moe/dispatch.h"
+
+namespace llama_moe {
+namespace {
+
+constexpr int64_t kH = 1024;        // hidden size H
+constexpr int64_t kITotal = 4096;   // total FFN intermediate, split into E experts of Ie
+
+enum Method { kSparse, kSeed, kMixtral, kDense };
+
+// Receives every CPU allocation and free made through c10's default CPU allocator on this thread
+// (and on autograd's worker, which inherits the thread-local state) while installed, and keeps
+// the running total and its peak. The reporting hook is the one the profiler uses; both overloads
+// are declared because LibTorch 1.13 passes the totals as int64_t and 2.x as size_t.
+class PeakMemoryReporter : public c10::MemoryReportingInfoBase {
+ public:
+  void reportMemoryUsage(void* ptr, int64_t alloc_size, int64_t total_allocated, int64_t total_reserved,
+                         c10::Device device) {
+    Add(alloc_size);
+  }
+  void reportMemoryUsage(void* ptr, int64_t alloc_size, size_t total_allocated, size_t total_reserved,
+                         c10::Device device) {
+    Add(alloc_size);
+  }
+  bool memoryProfilingEnabled() const override { return true; }
+  int64_t peak() const { return peak_; }
+
+ private:
+  void Add(int64_t n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    current_ += n;
+    peak_ = std::max(peak_, current_);
+  }
+  std::mutex mu_;
+  int64_t current_ = 0;
+  int64_t peak_ = 0;
+};
+
+template <typename F>
+int64_t PeakBytes(F&& f) {
+  auto reporter = std::make_shared<PeakMemoryReporter>();
+  {
+    c10::DebugInfoGuard guard(c10::DebugInfoKind::PROFILER_STATE, reporter);
+    f();
+  }
+  return reporter->peak();
+}
+
+void SetThreads() {
+  // Two intra-op threads (the machine's cores); BENCH_THREADS overrides, e.g. 1 on a shared box
+  // where a descheduled OpenMP thread stalls every barrier.
+  static const bool done = [] {
+    const char* threads = std::getenv("BENCH_THREADS");
+    at::set_num_threads(threads != nullptr ? std::atoi(threads) : 2);
+    return true;
+  }();
+  (void)done;
+}
+
+at::Tensor RandomWeight(std::vector<int64_t> shape, at::ScalarType dtype, at::Generator& gen) {
+  const double fan_in = double(shape.back());
+  return (at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat)) / std::sqrt(fan_in)).to(dtype);
+}
+
+// One expert bank per (E, dtype), built once: E/2 frozen and E/2 learned experts.
+const ExpertStacks& Stacks(int64_t E, int bf16) {
+  static std::map<std::pair<int64_t, int>, ExpertStacks> cache;
+  auto it = cache.find({E, bf16});
+  if (it != cache.end()) return it->second;
+  const at::ScalarType dtype = bf16 ? at::kBFloat16 : at::kFloat;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(100 + E);
+  const int64_t ie = kITotal / E, nf = E / 2, nl = E - nf;
+  ExpertStacks s;
+  s.frozen_gate = RandomWeight({nf, ie, kH}, dtype, gen);
+  s.frozen_up = RandomWeight({nf, ie, kH}, dtype, gen);
+  s.frozen_down = RandomWeight({nf, kH, ie}, dtype, gen);
+  s.learned_gate = RandomWeight({nl, ie, kH}, dtype, gen);
+  s.learned_up = RandomWeight({nl, ie, kH}, dtype, gen);
+  s.learned_down = RandomWeight({nl, kH, ie}, dtype, gen);
+  return cache.emplace(std::make_pair(E, bf16), std::move(s)).first->second;
+}
+
+struct Inputs {
+  at::Tensor x;       // [T,H]
+  at::Tensor expert;  // [T,K] int64, K distinct uniform experts per token
+  at::Tensor weight;  // [T,K] float32, positive, rows sum to 1
+  ExpertStacks stacks;
+  at::Tensor dense_gate, dense_up, dense_down;  // [K*Ie,H], [K*Ie,H], [H,K*Ie]
+  int64_t active = 0;                           // distinct experts in `expert`
+};
+
+Inputs MakeInputs(int64_t T, int64_t E, int64_t K, int bf16, Method method) {
+  SetThreads();
+  const at::ScalarType dtype = bf16 ? at::kBFloat16 : at::kFloat;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(7 + T * 131 + E * 17 + K);
+  Inputs in;
+  in.x = at::randn({T, kH}, gen, at::TensorOptions().dtype(at::kFloat)).to(dtype);
+  // topk of i.i.d. uniform scores picks a uniformly random K-subset per token.
+  in.expert = std::get<1>(at::rand({T, E}, gen, at::TensorOptions().dtype(at::kFloat)).topk(K, -1));
+  in.weight = at::softmax(at::randn({T, K}, gen, at::TensorOptions().dtype(at::kFloat)), -1);
+  in.active = std::get<0>(at::_unique(in.expert.reshape({-1}))).numel();
+  if (method == kDense) {
+    const int64_t i = K * (kITotal / E);
+    in.dense_gate = RandomWeight({i, kH}, dtype, gen);
+    in.dense_up = RandomWeight({i, kH}, dtype, gen);
+    in.dense_down = RandomWeight({kH, i}, dtype, gen);
+  } else {
+    in.stacks = Stacks(E, bf16);
+  }
+  return in;
+}
+
+at::Tensor Run(Method method, const Inputs& in) {
+  switch (method) {
+    case kSparse:
+      return SparseMoeForward(in.x, in.expert, in.weight, in.stacks);
+    case kSeed:
+      return SeedStyleMoeForward(in.x, in.expert, in.weight, in.stacks);
+    case kMixtral:
+      return MixtralLoopMoeForward(in.x, in.expert, in.weight, in.stacks);
+    case kDense:
+      return at::matmul(at::silu(at::matmul(in.x, in.dense_gate.t())) * at::matmul(in.x, in.dense_up.t()),
+                        in.dense_down.t());
+  }
+  return {};
+}
+
+void SetCounters(benchmark::State& state, const Inputs& in, double flops_per_iter, int64_t peak) {
+  const int64_t T = state.range(0), E = state.range(1), K = state.range(2);
+  const int64_t elem = state.range(3) ? 2 : 4;
+  const int64_t expert_bytes = 3 * (kITotal / E) * kH * elem;
+  state.SetItemsProcessed(state.iterations() * T);
+  state.counters["FLOP_per_s"] = benchmark::Counter(flops_per_iter, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["weight_bytes"] = double(in.dense_gate.defined() ? K * expert_bytes : in.active * expert_bytes);
+  state.counters["active_experts"] = double(in.active);
+  state.counters["peak_bytes"] = double(peak);
+  state.SetLabel(state.range(3) ? "bfloat16" : "float32");
+}
+
+double ForwardFlops(const benchmark::State& state) {
+  return 6.0 * double(state.range(0)) * double(state.range(2)) * double(kH) * double(kITotal / state.range(1));
+}
+
+void BM_MoeForward(benchmark::State& state, Method method) {
+  Inputs in = MakeInputs(state.range(0), state.range(1), state.range(2), int(state.range(3)), method);
+  c10::InferenceMode no_autograd;
+  const int64_t peak = PeakBytes([&] { Run(method, in); });
+  for (auto _ : state) benchmark::DoNotOptimize(Run(method, in));
+  SetCounters(state, in, ForwardFlops(state), peak);
+}
+
+void BM_MoeForwardBackward(benchmark::State& state, Method method) {
+  Inputs in = MakeInputs(state.range(0), state.range(1), state.range(2), int(state.range(3)), method);
+  std::vector<at::Tensor> wrt = {in.x.set_requires_grad(true)};
+  if (method == kDense) {
+    wrt.push_back(in.dense_gate.set_requires_grad(true));
+    wrt.push_back(in.dense_up.set_requires_grad(true));
+    wrt.push_back(in.dense_down.set_requires_grad(true));
+  } else {
+    // Fresh leaves per benchmark: the cached bank stays free of autograd state.
+    in.stacks.learned_gate = in.stacks.learned_gate.detach().requires_grad_(true);
+    in.stacks.learned_up = in.stacks.learned_up.detach().requires_grad_(true);
+    in.stacks.learned_down = in.stacks.learned_down.detach().requires_grad_(true);
+    wrt.push_back(in.weight.set_requires_grad(true));
+    wrt.push_back(in.stacks.learned_gate);
+    wrt.push_back(in.stacks.learned_up);
+    wrt.push_back(in.stacks.learned_down);
+  }
+  const at::Tensor probe = at::randn_like(in.x);
+  // torch::autograd::grad returns fresh gradients instead of accumulating into .grad().
+  auto step = [&] { return torch::autograd::grad({Run(method, in)}, wrt, {probe}); };
+  const int64_t peak = PeakBytes(step);
+  for (auto _ : state) benchmark::DoNotOptimize(step());
+  SetCounters(state, in, 3 * ForwardFlops(state), peak);
+}
+
+// Sweeps over (T, E, K, bf16) as lists rather than the full cross product, so one run stays
+// within a few minutes on 2 shared cores. bfloat16 matmul is 3-4x slower than float32 on CPUs
+// without AVX512-BF16/AMX (oneDNN's gemm:jit converts), and the seed baseline at T 2048 runs the
+// whole 4096-wide FFN on every token (1-4 s per call there), so both get shorter lists.
+std::vector<std::array<int64_t, 4>> SweepArgs(bool baselines) {
+  std::vector<std::array<int64_t, 4>> args;
+  for (int64_t bf16 : {0, 1}) {
+    for (int64_t T : {1, 16, 256, 2048}) {
+      if (bf16 && (T == 2048 || (baselines && T == 1))) continue;
+      for (int64_t K : {1, 2, 4, 8}) args.push_back({T, 32, K, bf16});  // top-k sweep at E 32
+      for (int64_t E : {8, 16, 64}) args.push_back({T, E, 2, bf16});    // expert-count sweep at K 2
+    }
+    if (baselines) continue;
+    // The dense-ratio table: a coarse (8,2) layer to a fine-grained (64,8) one, at T 512 and 2048.
+    for (int64_t T : {512, 2048}) {
+      for (auto [E, K] : std::vector<std::pair<int64_t, int64_t>>{{8, 2}, {16, 4}, {32, 4}, {64, 8}}) {
+        if (!bf16 && T == 2048 && (E == 8 || E == 32)) continue;  // in the sweeps above
+        args.push_back({T, E, K, bf16});
+      }
+    }
+  }
+  return args;
+}
+
+void ForwardArgs(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"T", "E", "K", "bf16"});
+  for (const auto& a : SweepArgs(/*baselines=*/false)) b->Args({a[0], a[1], a[2], a[3]});
+}
+
+void BaselineForwardArgs(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"T", "E", "K", "bf16"});
+  for (const auto& a : SweepArgs(/*baselines=*/true)) b->Args({a[0], a[1], a[2], a[3]});
+}
+
+void ForwardBackwardArgs(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"T", "E", "K", "bf16"});
+  for (int64_t bf16 : {0, 1}) {
+    for (int64_t T : {16, 512}) {
+      for (auto [E, K] : std::vector<std::pair<int64_t, int64_t>>{{8, 2}, {64, 8}}) b->Args({T, E, K, bf16});
+    }
+  }
+}
+
+// Wall-clock time for times and rates: the work runs on OpenMP/oneDNN threads whose CPU time the
+// main thread's clock would not see.
+#define MOE_BENCHMARK(fn, name, method, args) \
+  BENCHMARK_CAPTURE(fn, name, method)->Apply(args)->MinTime(0.1)->UseRealTime()->Unit(benchmark::kMillisecond)
+
+MOE_BENCHMARK(BM_MoeForward, sparse, kSparse, ForwardArgs);
+MOE_BENCHMARK(BM_MoeForward, dense, kDense, ForwardArgs);
+MOE_BENCHMARK(BM_MoeForward, seed, kSeed, BaselineForwardArgs);
+MOE_BENCHMARK(BM_MoeForward, mixtral, kMixtral, BaselineForwardArgs);
+MOE_BENCHMARK(BM_MoeForwardBackward, sparse, kSparse, ForwardBackwardArgs);
+MOE_BENCHMARK(BM_MoeForwardBackward, dense, kDense, ForwardBackwardArgs);
+MOE_BENCHMARK(BM_MoeForwardBackward, seed, kSeed, ForwardBackwardArgs);
+MOE_BENCHMARK(BM_MoeForwardBackward, mixtral, kMixtral, ForwardBackwardArgs);
+
+}  // namespace
+}  // namespace llama_moe

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every benchmark binary of the repository and writes one JSON file per binary to
+# out/benchmarks/<name>.json (Google Benchmark's format), then prints the MoE ratio tables.
+#
+#   benchmarks/run_all.sh                       # all benchmarks, 3 repetitions each
+#   REPETITIONS=5 benchmarks/run_all.sh moe     # only binaries whose name contains "moe"
+#   benchmarks/run_all.sh moe --benchmark_filter=T:512   # extra flags go to every binary
+#
+# Repetitions are interleaved at random so that a burst of load from other users of the machine
+# spreads over all methods instead of biasing one; summarize.py reports medians.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source tools/env.sh
+
+only="${1:-}"
+[ $# -gt 0 ] && shift
+reps="${REPETITIONS:-3}"
+out=out/benchmarks
+mkdir -p "$out"
+
+# Every lm_cc_benchmark target is tagged "benchmark".
+mapfile -t targets < <(bazel query 'attr(tags, "\bbenchmark\b", kind(cc_binary, //benchmarks/...))' 2>/dev/null)
+[ -n "$only" ] && mapfile -t targets < <(printf '%s\n' "${targets[@]}" | grep -- "$only")
+if [ ${#targets[@]} -eq 0 ]; then
+  echo "no benchmark targets match '$only'" >&2
+  exit 1
+fi
+bazel build -c opt "${targets[@]}"
+
+for t in "${targets[@]}"; do
+  name="${t##*:}"
+  bin="bazel-bin/$(echo "${t#//}" | tr ':' '/')"
+  echo "=== $t -> $out/$name.json" >&2
+  # Binaries that read data files find their runfiles tree next to /proc/self/exe.
+  "$bin" --benchmark_repetitions="$reps" --benchmark_enable_random_interleaving=true \
+    --benchmark_out="$out/$name.json" --benchmark_out_format=json "$@"
+done
+
+if [ -f "$out/moe_benchmark.json" ]; then
+  python3 benchmarks/summarize.py "$out/moe_benchmark.json"
+fi
