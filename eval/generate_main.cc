@@ -3,6 +3,7 @@
 //   bazel run //eval:generate -- --model models/tiny --prompt "The capital of France is"
 //   bazel run //eval:generate -- --model models/tiny --tokens 128000,791,6864 --max_new_tokens 16
 //   bazel run //eval:generate -- --model DIR --prompt "Hi!" --chat --temperature 0.7 --top_p 0.9
+//   bazel run //eval:generate -- --model MOE_DIR --tokens 128000,9906 --offload mmap --expert_cache 2
 #include <ATen/Parallel.h>
 
 #include <iostream>
@@ -23,6 +24,7 @@
 #include "model/main_util.h"
 #include "model/status_macros.h"
 #include "model/tokenizer.h"
+#include "moe/expert_offload.h"
 #include "moe/moe_model.h"
 
 ABSL_FLAG(std::string, model, "", "model directory (config.json, safetensors, tokenizer.json)");
@@ -39,6 +41,10 @@ ABSL_FLAG(std::string, device, "cpu", "device, e.g. cpu, cuda, cuda:1");
 ABSL_FLAG(int64_t, max_context, 0, "context cap below max_position_embeddings; 0: none");
 ABSL_FLAG(std::string, routing, "routed", "MoE models: identity, learned_only or routed (ignored for dense models)");
 ABSL_FLAG(int, threads, 0, "intra-op threads; 0: LibTorch's default");
+ABSL_FLAG(std::string, offload, "none",
+          "MoE models, routed mode: none (all experts in memory), mmap (experts read from the safetensors "
+          "files on demand) or ram (all experts in host memory, copied to the device on demand)");
+ABSL_FLAG(int64_t, expert_cache, 2, "with --offload: experts per layer cached on the device");
 
 namespace llama_moe {
 namespace {
@@ -52,6 +58,7 @@ struct Options {
   std::optional<DType> dtype;
   std::string device;
   std::string routing = "routed";
+  std::optional<ExpertOffloadOptions> offload;  // unset: --offload none
   GenerateOptions generate;
 };
 
@@ -72,6 +79,14 @@ absl::StatusOr<Options> FlagsToOptions() {
   }
   o.device = absl::GetFlag(FLAGS_device);
   o.routing = absl::GetFlag(FLAGS_routing);
+  if (absl::GetFlag(FLAGS_offload) != "none") {
+    ExpertOffloadOptions off;
+    ASSIGN_OR_RETURN(off.source, ParseOffloadSource(absl::GetFlag(FLAGS_offload)), "--offload (none, mmap or ram)");
+    off.cache_experts = absl::GetFlag(FLAGS_expert_cache);
+    if (off.cache_experts < 1) return absl::InvalidArgumentError("--expert_cache must be at least 1");
+    if (o.routing != "routed") return absl::InvalidArgumentError("--offload needs --routing routed");
+    o.offload = off;
+  }
   o.generate.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   o.generate.sampling.temperature = absl::GetFlag(FLAGS_temperature);
   o.generate.sampling.top_p = absl::GetFlag(FLAGS_top_p);
@@ -97,8 +112,20 @@ absl::Status Run(const Options& o) {
   mo.dtype = load.dtype;
   mo.device = load.device;
   ASSIGN_OR_RETURN(mo.moe.mode, ParseRoutingMode(o.routing), "--routing");
-  ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(o.model_dir, mo));
-  std::shared_ptr<LlamaForCausalLM> model = loaded.model;
+  std::shared_ptr<LlamaForCausalLM> model;
+  std::shared_ptr<ExpertProvider> experts;  // set with --offload
+  if (o.offload) {
+    OffloadLoadOptions oo;
+    oo.dtype = mo.dtype;
+    oo.device = mo.device;
+    oo.offload = *o.offload;
+    ASSIGN_OR_RETURN(OffloadedModel loaded, LoadOffloadedModel(o.model_dir, oo));
+    model = loaded.model;
+    experts = loaded.experts;
+  } else {
+    ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(o.model_dir, mo));
+    model = loaded.model;
+  }
 
   std::vector<int64_t> prompt;
   if (!o.tokens.empty()) {
@@ -143,6 +170,13 @@ absl::Status Run(const Options& o) {
       r.prefill_tokens, r.prefill_seconds, r.PrefillTokensPerSecond(), r.decode_tokens,
       r.decode_seconds, r.DecodeTokensPerSecond(), StopReasonName(r.stop_reasons[0]),
       c10::toString(model->dtype()), model->device().str());
+  if (experts != nullptr) {
+    const ExpertCacheStats s = experts->stats();
+    std::cerr << absl::StrFormat(
+        "experts: %s, cache %d per layer, hit rate %.3f (%d hits, %d misses, %d prefetched, %d evicted)\n",
+        OffloadSourceName(experts->options().source), experts->options().cache_experts, s.HitRate(), s.hits,
+        s.misses, s.prefetches, s.evictions);
+  }
   return absl::OkStatus();
 }
 

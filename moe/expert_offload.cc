@@ -1,0 +1,392 @@
+#include "moe/expert_offload.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "convert/moe_layout.h"
+#include "model/safetensors.h"
+#include "model/safetensors_header.h"
+#include "model/status_macros.h"
+
+namespace llama_moe {
+namespace {
+
+constexpr const char* kProjections[3] = {"gate_proj", "up_proj", "down_proj"};
+
+// Copies every parameter and buffer of `module` from `ckpt` (what LoadParameters does), releasing
+// each tensor's file pages after the copy so that the mapping does not stay resident next to the
+// copy. Checkpoint tensors that no parameter takes are errors unless listed in `not_loaded`.
+absl::Status LoadNonExpertTensors(torch::nn::Module& module, const Checkpoint& ckpt,
+                                  const std::set<std::string>& not_loaded) {
+  try {
+    c10::NoGradGuard no_grad;  // copy_ into leaves that require grad
+    std::set<std::string> taken = not_loaded;
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (auto& item : module.named_parameters(/*recurse=*/true)) tensors.emplace_back(item.key(), item.value());
+    for (auto& item : module.named_buffers(/*recurse=*/true)) tensors.emplace_back(item.key(), item.value());
+    for (auto& [name, param] : tensors) {
+      if (!ckpt.Has(name)) {
+        return absl::NotFoundError(absl::StrCat("checkpoint '", ckpt.dir(), "' has no tensor '", name,
+                                                "' (expected shape ", ShapeString(param.sizes().vec()), ")"));
+      }
+      ASSIGN_OR_RETURN(at::Tensor src, ckpt.Get(name), absl::StrCat("checkpoint '", ckpt.dir(), "'"));
+      if (src.sizes() != param.sizes()) {
+        return absl::InvalidArgumentError(absl::StrCat("checkpoint '", ckpt.dir(), "': tensor '", name,
+                                                       "' has shape ", ShapeString(src.sizes().vec()),
+                                                       ", expected ", ShapeString(param.sizes().vec())));
+      }
+      if (!at::isFloatingType(src.scalar_type())) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("checkpoint '", ckpt.dir(), "': tensor '", name, "' is not floating point"));
+      }
+      param.copy_(src);
+      ckpt.Release(name);
+      taken.insert(name);
+    }
+    for (const std::string& name : ckpt.TensorNames()) {
+      if (taken.count(name) == 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("checkpoint '", ckpt.dir(), "' has tensor '", name, "' that the model does not use"));
+      }
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("loading '", ckpt.dir(), "': ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<OffloadSource> ParseOffloadSource(const std::string& name) {
+  if (name == "mmap") return OffloadSource::kMmap;
+  if (name == "ram") return OffloadSource::kRam;
+  return absl::InvalidArgumentError(absl::StrCat("unknown expert source '", name, "' (expected mmap or ram)"));
+}
+
+const char* OffloadSourceName(OffloadSource source) {
+  return source == OffloadSource::kMmap ? "mmap" : "ram";
+}
+
+ExpertCacheStats& ExpertCacheStats::operator+=(const ExpertCacheStats& o) {
+  hits += o.hits;
+  misses += o.misses;
+  prefetches += o.prefetches;
+  evictions += o.evictions;
+  return *this;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ExpertLruCache
+
+ExpertLruCache::ExpertLruCache(int64_t capacity, Allocator allocate, Loader load)
+    : capacity_(capacity), allocate_(std::move(allocate)), load_(std::move(load)) {}
+
+OffloadedExpert ExpertLruCache::Get(int64_t expert) {
+  auto it = entries_.find(expert);
+  if (it != entries_.end()) {
+    ++stats_.hits;
+    order_.splice(order_.begin(), order_, it->second.position);  // now most recent
+    return it->second.weights;
+  }
+  ++stats_.misses;
+  return Insert(expert);
+}
+
+void ExpertLruCache::Prefetch(int64_t expert) {
+  auto it = entries_.find(expert);
+  if (it != entries_.end()) {
+    order_.splice(order_.begin(), order_, it->second.position);
+    return;
+  }
+  ++stats_.prefetches;
+  Insert(expert);
+}
+
+const OffloadedExpert& ExpertLruCache::Insert(int64_t expert) {
+  // Slots are written in place whether the caller is in inference mode (a forward's expert loop)
+  // or not (prefetch): always in inference mode, so that the slots are inference tensors and
+  // every in-place write to them is allowed.
+  c10::InferenceMode guard;
+  OffloadedExpert slot;
+  if (static_cast<int64_t>(entries_.size()) >= capacity_) {
+    auto victim = entries_.find(order_.back());
+    slot = std::move(victim->second.weights);
+    entries_.erase(victim);
+    order_.pop_back();
+    ++stats_.evictions;
+  } else {
+    slot = allocate_();
+  }
+  load_(expert, slot);
+  order_.push_front(expert);
+  return entries_.emplace(expert, Entry{std::move(slot), order_.begin()}).first->second.weights;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ExpertProvider
+
+absl::StatusOr<std::shared_ptr<ExpertProvider>> ExpertProvider::Create(std::shared_ptr<const Checkpoint> ckpt,
+                                                                        const LlamaConfig& cfg, const MoeConfig& moe,
+                                                                        const ExpertOffloadOptions& options,
+                                                                        const at::TensorOptions& compute) {
+  if (options.cache_experts < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the expert cache must hold at least 1 expert per layer, got ", options.cache_experts));
+  }
+  std::shared_ptr<ExpertProvider> p(new ExpertProvider());
+  p->ckpt_ = ckpt;
+  p->moe_ = moe;
+  p->hidden_ = cfg.hidden_size;
+  p->options_ = options;
+  p->compute_ = compute;
+  const int64_t H = cfg.hidden_size, ie = moe.expert_intermediate_size;
+  // Host copies (ram source) are pinned for a CUDA device so that the on-demand copies can run
+  // asynchronously and at full bus speed; pinning needs the CUDA runtime, so only then.
+  const at::TensorOptions host = at::TensorOptions()
+                                     .dtype(compute.dtype())
+                                     .device(at::kCPU)
+                                     .pinned_memory(compute.device().is_cuda());
+  auto locate = [&](int64_t layer, const std::string& group, int64_t n) -> absl::StatusOr<StackSource> {
+    StackSource s;
+    for (int k = 0; k < 3; ++k) {
+      const std::string name = ExpertTensorName(layer, group, kProjections[k]);
+      ASSIGN_OR_RETURN(auto found, ckpt->Find(name), absl::StrCat("checkpoint '", ckpt->dir(), "'"));
+      const TensorEntry& e = *found.first;
+      const std::vector<int64_t> want = k < 2 ? std::vector<int64_t>{n, ie, H} : std::vector<int64_t>{n, H, ie};
+      if (e.shape != want) {
+        return absl::InvalidArgumentError(absl::StrCat("checkpoint '", ckpt->dir(), "': tensor '", name,
+                                                       "' has shape ", ShapeString(e.shape), ", expected ",
+                                                       ShapeString(want)));
+      }
+      if (!at::isFloatingType(ToScalarType(e.dtype))) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("checkpoint '", ckpt->dir(), "': tensor '", name, "' is not floating point"));
+      }
+      s.file[k] = found.second;
+      s.entry[k] = e;
+      if (options.source == OffloadSource::kRam) {
+        try {
+          s.host[k] = at::empty(e.shape, host);
+          s.host[k].copy_(found.second->Get(e));
+        } catch (const c10::Error& err) {
+          return absl::ResourceExhaustedError(absl::StrCat("reading '", name, "' into host memory: ",
+                                                           err.what_without_backtrace()));
+        }
+        found.second->Release(e);  // the host copy is what stays resident
+      }
+    }
+    return s;
+  };
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    ASSIGN_OR_RETURN(StackSource f, locate(l, kFrozenExperts, moe.num_frozen_experts));
+    p->frozen_.push_back(std::move(f));
+    if (moe.num_learned_experts > 0) {
+      ASSIGN_OR_RETURN(StackSource s, locate(l, kLearnedExperts, moe.num_learned_experts));
+      p->learned_.push_back(std::move(s));
+    }
+  }
+  p->caches_.reserve(cfg.num_hidden_layers);
+  ExpertProvider* raw = p.get();  // the caches live inside the provider: no ownership cycle
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    p->caches_.emplace_back(
+        options.cache_experts, [raw] { return raw->Allocate(); },
+        [raw, l](int64_t e, OffloadedExpert& slot) { raw->LoadInto(l, e, slot); });
+  }
+  return p;
+}
+
+OffloadedExpert ExpertProvider::Allocate() const {
+  const int64_t ie = moe_.expert_intermediate_size;
+  return {at::empty({ie, hidden_}, compute_), at::empty({ie, hidden_}, compute_), at::empty({hidden_, ie}, compute_)};
+}
+
+OffloadedExpert ExpertProvider::Load(int64_t layer, int64_t expert) const {
+  OffloadedExpert w = Allocate();
+  LoadInto(layer, expert, w);
+  return w;
+}
+
+void ExpertProvider::LoadInto(int64_t layer, int64_t expert, OffloadedExpert& slot) const {
+  const int64_t nf = moe_.num_frozen_experts;
+  TORCH_CHECK(expert >= 0 && expert < moe_.num_experts(), "expert ", expert, " out of range");
+  const StackSource& s = expert < nf ? frozen_[layer] : learned_[layer];
+  const int64_t i = expert < nf ? expert : expert - nf;
+  at::Tensor* dst[3] = {&slot.gate, &slot.up, &slot.down};
+  for (int k = 0; k < 3; ++k) {
+    if (options_.source == OffloadSource::kRam) {
+      // Host (pinned for CUDA) to device; a CUDA build would pass non_blocking on a copy stream.
+      dst[k]->copy_(s.host[k][i]);
+      continue;
+    }
+    // Expert i's contiguous byte range of the stack [N, a, b]: read only that (a zero-copy view
+    // of the mapping), convert it into the slot, then drop its pages so that RSS holds the cache,
+    // not the file.
+    const TensorEntry& stack = s.entry[k];
+    const uint64_t bytes = stack.nbytes() / stack.shape[0];
+    TensorEntry slice;
+    slice.name = stack.name;
+    slice.dtype = stack.dtype;
+    slice.shape = {stack.shape[1], stack.shape[2]};
+    slice.begin = stack.begin + static_cast<uint64_t>(i) * bytes;
+    slice.end = slice.begin + bytes;
+    dst[k]->copy_(s.file[k]->Get(slice));
+    s.file[k]->Release(slice);
+  }
+}
+
+ExpertCacheStats ExpertProvider::stats() const {
+  ExpertCacheStats total;
+  for (const ExpertLruCache& c : caches_) total += c.stats();
+  return total;
+}
+
+void ExpertProvider::ResetStats() {
+  for (ExpertLruCache& c : caches_) c.ResetStats();
+}
+
+int64_t ExpertProvider::expert_bytes() const {
+  return 3 * moe_.expert_intermediate_size * hidden_ * static_cast<int64_t>(c10::elementSize(compute_.dtype().toScalarType()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// OffloadedMoeFeedForward
+
+OffloadedMoeFeedForward::OffloadedMoeFeedForward(int64_t hidden, const MoeConfig& moe, int64_t layer,
+                                                 std::shared_ptr<ExpertProvider> experts,
+                                                 const at::TensorOptions& options)
+    : moe_(moe), layer_(layer), experts_(std::move(experts)) {
+  router_ = register_module("router", std::make_shared<TopKRouter>(hidden, moe, options));
+}
+
+void OffloadedMoeFeedForward::PrefetchFor(const at::Tensor& x) {
+  const RouterOutput r = router_->forward(x);
+  const at::Tensor counts = at::bincount(r.expert.reshape({-1}), {}, moe_.num_experts()).to(at::kCPU);
+  const int64_t* c = counts.data_ptr<int64_t>();
+  std::vector<int64_t> predicted;
+  for (int64_t e = 0; e < counts.numel(); ++e) {
+    if (c[e] > 0) predicted.push_back(e);
+  }
+  // Most selected first (ties: lower id); only as many as the cache holds, or the prefetch would
+  // evict its own predictions.
+  std::stable_sort(predicted.begin(), predicted.end(), [c](int64_t a, int64_t b) { return c[a] > c[b]; });
+  const int64_t n = std::min<int64_t>(predicted.size(), experts_->cache(layer_).capacity());
+  // Least likely first, so that the most likely ends up most recently used. Synchronous here;
+  // a CUDA build would issue these copies on a side stream (pinned host memory for ram) and
+  // record an event that the consuming Get waits on.
+  for (int64_t j = n - 1; j >= 0; --j) experts_->Prefetch(layer_, predicted[j]);
+}
+
+at::Tensor OffloadedMoeFeedForward::forward(const at::Tensor& x_in) {
+  c10::NoGradGuard no_grad;  // inference only: the experts are not parameters
+  const auto shape = x_in.sizes().vec();
+  const at::Tensor x = x_in.reshape({-1, shape.back()});  // [T,H]
+  const RouterOutput r = router_->forward(x);
+  // Issued before this layer's experts run so that an asynchronous copy would overlap them.
+  if (next_ != nullptr && experts_->options().prefetch) next_->PrefetchFor(x);
+
+  // The same ops, in the same order, as SparseMoeFunction::forward (moe/dispatch.cc), so that the
+  // result equals the in-memory layer's exactly: stable sort of the (token, slot) pairs by expert,
+  // one gather, per active expert gate/up GEMMs into slices of [P,Ie] buffers, silu(g)*u scaled
+  // by the routing weight, the down GEMM into a [P,H] slice, one index_add back to tokens.
+  const at::Tensor& expert = r.expert;
+  const int64_t T = x.size(0), H = x.size(1), K = expert.size(1), P = T * K;
+  const int64_t E = moe_.num_experts(), ie = moe_.expert_intermediate_size;
+  const at::Tensor flat_expert = expert.reshape({P});
+  const at::Tensor order = std::get<1>(flat_expert.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+  const at::Tensor token = order.div(K, "floor");
+  const at::Tensor counts = at::bincount(flat_expert, /*weights=*/{}, E).to(at::kCPU);
+  const at::Tensor x_sorted = x.index_select(0, token);
+  const at::Tensor w_sorted = r.weight.reshape({P}).index_select(0, order).to(x.scalar_type());
+  const at::Tensor g = at::empty({P, ie}, x.options()), u = at::empty({P, ie}, x.options());
+  const at::Tensor y = at::empty({P, H}, x.options());
+  {
+    c10::InferenceMode guard;
+    const int64_t* c = counts.data_ptr<int64_t>();
+    int64_t b = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = c[e];
+      if (n == 0) continue;
+      // Fetched right before use and used before the next fetch, which may reuse its slot.
+      const OffloadedExpert w = experts_->Get(layer_, e);
+      const at::Tensor xs = x_sorted.narrow(0, b, n);
+      at::Tensor gs = g.narrow(0, b, n), us = u.narrow(0, b, n), ys = y.narrow(0, b, n);
+      at::mm_out(gs, xs, w.gate.t());
+      at::mm_out(us, xs, w.up.t());
+      const at::Tensor act = at::silu(gs).mul_(us).mul_(w_sorted.narrow(0, b, n).unsqueeze(1));
+      at::mm_out(ys, act, w.down.t());
+      b += n;
+    }
+  }
+  at::Tensor out = at::zeros({T, H}, x.options());
+  out.index_add_(0, token, y);
+  return out.reshape(shape);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+absl::StatusOr<OffloadedModel> LoadOffloadedModel(const std::string& dir, const OffloadLoadOptions& options) {
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> opened, Checkpoint::Open(dir));
+  std::shared_ptr<const Checkpoint> ckpt(std::move(opened));
+  OffloadedModel out;
+  ASSIGN_OR_RETURN(out.config, ckpt->LoadConfig());
+  const LlamaConfig& cfg = out.config;
+  RETURN_IF_ERROR(ValidateLlamaConfig(cfg), absl::StrCat("config of '", dir, "'"));
+  ASSIGN_OR_RETURN(std::optional<MoeConfig> moe, MoeConfigFromLlama(cfg), absl::StrCat("config of '", dir, "'"));
+  if (!moe) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", dir, "' is a dense model (config.json has no \"moe\" block): expert offloading needs a converted "
+        "MoE model"));
+  }
+  out.moe = *moe;
+  // What LlamaForCausalLM computes, as LoadLlamaForCausalLM checks it.
+  if (cfg.head_dim % 2 != 0 || cfg.hidden_act != "silu" || cfg.attention_bias || cfg.mlp_bias) {
+    return absl::UnimplementedError(absl::StrCat(
+        "config of '", dir, "': only an even head_dim, hidden_act \"silu\" and no attention or MLP biases are "
+        "supported"));
+  }
+  ASSIGN_OR_RETURN(c10::ScalarType dtype, ResolveComputeDType(cfg, options.dtype));
+  const at::TensorOptions compute = at::TensorOptions().dtype(dtype).device(options.device);
+  ASSIGN_OR_RETURN(out.experts, ExpertProvider::Create(ckpt, cfg, out.moe, options.offload, compute),
+                   absl::StrCat("experts of '", dir, "'"));
+
+  const MoeConfig moe_cfg = out.moe;
+  std::shared_ptr<ExpertProvider> experts = out.experts;
+  FeedForwardFactory ffn = [moe_cfg, experts](const LlamaConfig& c, int64_t layer, const at::TensorOptions& o) {
+    return std::static_pointer_cast<FeedForward>(
+        std::make_shared<OffloadedMoeFeedForward>(c.hidden_size, moe_cfg, layer, experts, o));
+  };
+  try {
+    out.model = std::make_shared<LlamaForCausalLM>(cfg, compute, ffn);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("building the model of '", dir, "': ", e.what_without_backtrace()));
+  }
+  // Not loaded into parameters: the expert stacks (served by the provider), and what
+  // LoadLlamaForCausalLM ignores (old RoPE buffers, a tied checkpoint's head copy).
+  std::set<std::string> not_loaded;
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    not_loaded.insert(absl::StrCat("model.layers.", l, ".self_attn.rotary_emb.inv_freq"));
+    for (const char* proj : kProjections) {
+      not_loaded.insert(ExpertTensorName(l, kFrozenExperts, proj));
+      if (out.moe.num_learned_experts > 0) not_loaded.insert(ExpertTensorName(l, kLearnedExperts, proj));
+    }
+  }
+  if (cfg.tie_word_embeddings) not_loaded.insert("lm_head.weight");
+  RETURN_IF_ERROR(LoadNonExpertTensors(*out.model, *ckpt, not_loaded));
+
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    auto* layer = dynamic_cast<OffloadedMoeFeedForward*>(&out.model->backbone().layer(l).mlp());
+    if (layer == nullptr) return absl::InternalError("offload factory produced another feed-forward type");
+    if (!out.layers.empty()) out.layers.back()->set_next(layer);
+    out.layers.push_back(layer);
+  }
+  return out;
+}
+
+}  // namespace llama_moe
