@@ -195,6 +195,9 @@ bool InActivationRecompute() { return t_recompute; }
 at::Tensor LlamaBackbone::forward(const at::Tensor& tokens, const AttentionContext& ctx) {
   at::Tensor x = at::embedding(embed_tokens_->weight(), tokens);
   const bool checkpoint = ctx.checkpoint_layers && at::GradMode::is_enabled() && ctx.cache == nullptr;
+  // A checkpointed layer only gets a backward node when an input requires grad; with frozen
+  // embeddings none does, so the chain is started here (the re-entrant checkpoint's known rule).
+  if (checkpoint && !x.requires_grad()) x = x.detach().requires_grad_(true);
   for (auto& layer : layers_) {
     if (checkpoint) {
       x = LayerCheckpoint::apply(x, ctx.rope.cos, ctx.rope.sin, ctx.mask_bias,

@@ -117,5 +117,30 @@ TEST(MoeLogitMatchTest, RoutedModeCountsLoadsForBalancing) {
   }
 }
 
+TEST(MoeLogitMatchTest, AuxiliaryBalanceAndZLossesReachTheRouter) {
+  Models m = Make("top_k: 2", DType::kF32, 2, false);
+  ModelLoadOptions o;
+  o.dtype = DType::kF32;
+  o.moe.aux_loss_coef = 0.01;
+  o.moe.z_loss_coef = 0.001;
+  LoadedModel model = *LoadModel(m.moe, o);
+  ForwardOptions fo;
+  fo.enable_grad = true;
+  model.model->ForwardUnchecked(at::randint(0, 510, {1, 24}, at::kLong), fo);
+  at::Tensor aux = at::zeros({});
+  for (MoeFeedForward* l : model.moe_layers) {
+    at::Tensor a = l->TakeAuxLoss();
+    ASSERT_TRUE(a.defined());
+    EXPECT_FALSE(l->TakeAuxLoss().defined());  // taken once
+    aux = aux + a;
+  }
+  // The Switch loss is E * sum f_e P_e >= coef (equality at perfect balance); z-loss >= 0.
+  EXPECT_GT(aux.item<float>(), 0.01f * 2 * 0.99f);
+  aux.backward();
+  at::Tensor& w = model.moe_layers[0]->router().weight();
+  ASSERT_TRUE(w.grad().defined());
+  EXPECT_GT(w.grad().abs().sum().item<float>(), 0.0f);
+}
+
 }  // namespace
 }  // namespace llama_moe

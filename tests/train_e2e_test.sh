@@ -5,7 +5,8 @@
 #  C: like A but interrupted after 8 steps and resumed from its checkpoint.
 # Checks: B's losses equal A's to 1e-5 relative and its two ranks hold identical router biases;
 # C's losses equal A's exactly; frozen experts, attention, norms, embeddings and head are
-# bit-for-bit unchanged; held-out loss falls; optimizer state per rank halves with 2 ranks.
+# bit-for-bit unchanged; held-out loss falls; optimizer state per rank halves with 2 ranks;
+# D: activation checkpointing gives the same losses.
 set -euo pipefail
 prepare="$1"; make_tiny="$2"; convert="$3"; train="$4"; tokenizer="$5"; brown="$(dirname "$6")"
 work="${TEST_TMPDIR:-$(mktemp -d)}/train_e2e"
@@ -30,6 +31,9 @@ torchrun --no_python --nproc_per_node=2 --redirects 1 --tee 1 --master_addr 127.
 
 "$train" --set "$common output_dir: \"$work/C\" micro_batch: 4" --stop_after_steps 8 >"$work/C1.out" 2>"$work/C1.err"
 "$train" --set "$common output_dir: \"$work/C\" micro_batch: 4" --resume >"$work/C2.out" 2>"$work/C2.err"
+# D: activation checkpointing recomputes each layer in the backward pass: same losses.
+"$train" --set "$common output_dir: \"$work/D\" micro_batch: 4 activation_checkpointing: true" \
+  --stop_after_steps 4 >"$work/D.out" 2>"$work/D.err"
 
 python3 - "$work" <<'PY'
 import json, struct, sys
@@ -80,6 +84,11 @@ if not opt or not opt1 or max(opt) > 0.51 * opt1[0] + 0.01:
 print("resume:", "equal" if C == A else "DIFFERENT")
 if C != A:
     fails.append("interrupted+resumed losses differ: " + str([(s, A[s], C.get(s)) for s in A if A[s] != C.get(s)][:3]))
+D = losses("D")
+worst_d = max(abs(A[s] - D[s]) / abs(A[s]) for s in D)
+print(f"activation checkpointing: {len(D)} steps, max relative loss difference {worst_d:.2e}")
+if sorted(D) != [1, 2, 3, 4] or worst_d > 1e-5:
+    fails.append(f"activation checkpointing changes the losses: {worst_d}")
 h = heldout("A")
 print(f"held-out loss {h.get(0)} -> {h.get(20)}")
 if not (0 in h and 20 in h and h[20] < h[0] - 0.3):
