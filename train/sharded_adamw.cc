@@ -74,19 +74,21 @@ absl::Status ShardedAdamW::Step(double lr, double max_norm, double grad_norm) {
   master_.mul_(1 - lr_t * options_.weight_decay * decay_mask_);
   master_.sub_(lr_t / bc1 * m_ / (v_ / bc2).sqrt_().add_(options_.eps));
   grad_.zero_();
+  return GatherMasterIntoParams();
+}
+
+absl::Status ShardedAdamW::GatherMasterIntoParams() {
+  // Every rank's master slice, concatenated, is the whole flat vector; the parameters are views
+  // into it cast to their compute dtype.
   std::vector<at::Tensor> slices;
   at::Tensor full = at::empty({padded_}, master_.options());
   for (int r = 0; r < comm_->world_size(); ++r) slices.push_back(full.narrow(0, r * shard_, shard_));
   if (absl::Status s = comm_->AllGather(master_, slices); !s.ok()) return s;
-  CopyMasterToParams(full);
-  return absl::OkStatus();
-}
-
-void ShardedAdamW::CopyMasterToParams(const at::Tensor& full) {
   for (size_t i = 0; i < params_.size(); ++i) {
     at::Tensor& p = params_[i].second;
     p.detach().copy_(full.narrow(0, offsets_[i], p.numel()).view(p.sizes()));
   }
+  return absl::OkStatus();
 }
 
 std::map<std::string, at::Tensor> ShardedAdamW::State() const {
@@ -112,12 +114,7 @@ absl::Status ShardedAdamW::LoadState(const std::map<std::string, at::Tensor>& st
   m_.copy_(state.at("exp_avg"));
   v_.copy_(state.at("exp_avg_sq"));
   step_ = state.at("step").item<int64_t>();
-  std::vector<at::Tensor> slices;
-  at::Tensor full = at::empty({padded_}, master_.options());
-  for (int r = 0; r < comm_->world_size(); ++r) slices.push_back(full.narrow(0, r * shard_, shard_));
-  if (absl::Status s = comm_->AllGather(master_, slices); !s.ok()) return s;
-  CopyMasterToParams(full);
-  return absl::OkStatus();
+  return GatherMasterIntoParams();
 }
 
 }  // namespace llama_moe

@@ -69,7 +69,8 @@ class ShardedAdamW {
   absl::Status LoadState(const std::map<std::string, at::Tensor>& state);
 
  private:
-  void CopyMasterToParams(const at::Tensor& full);
+  // All-gathers the master slices and copies them into the parameters.
+  absl::Status GatherMasterIntoParams();
 
   std::vector<std::pair<std::string, at::Tensor>> params_;
   std::vector<int64_t> offsets_;  // start of each parameter in the flat vector
