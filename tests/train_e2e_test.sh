@@ -6,7 +6,7 @@
 # Checks: B's losses equal A's to 1e-5 relative and its two ranks hold identical router biases;
 # C's losses equal A's exactly; frozen experts, attention, norms, embeddings and head are
 # bit-for-bit unchanged; held-out loss falls; optimizer state per rank halves with 2 ranks;
-# D: activation checkpointing gives the same losses.
+# D: activation checkpointing gives the same losses; E: a NaN loss stops the run cleanly.
 set -euo pipefail
 prepare="$1"; make_tiny="$2"; convert="$3"; train="$4"; tokenizer="$5"; brown="$(dirname "$6")"
 work="${TEST_TMPDIR:-$(mktemp -d)}/train_e2e"
@@ -34,6 +34,17 @@ torchrun --no_python --nproc_per_node=2 --redirects 1 --tee 1 --master_addr 127.
 # D: activation checkpointing recomputes each layer in the backward pass: same losses.
 "$train" --set "$common output_dir: \"$work/D\" micro_batch: 4 activation_checkpointing: true" \
   --stop_after_steps 4 >"$work/D.out" 2>"$work/D.err"
+
+# E: a diverging run (absurd learning rate) stops at the first non-finite loss, naming the step,
+# and leaves the last good checkpoint as `latest`.
+if "$train" --set "model_dir: \"$work/moe\" data_dir: \"$work/data\" steps: 20 seq_len: 64 global_batch: 8
+    dtype: \"float32\" output_dir: \"$work/E\" micro_batch: 8 lr: 1e30 warmup_steps: 0 checkpoint_every: 1" \
+    >"$work/E.out" 2>"$work/E.err"; then
+  echo "FAIL: a diverging run exited 0"; exit 1
+fi
+grep -q "train: error: step 2: training loss is nan" "$work/E.err" || { echo "FAIL: no clear NaN message:"; cat "$work/E.err"; exit 1; }
+[ "$(cat "$work/E/latest")" = "step-000001" ] || { echo "FAIL: latest is not the last good checkpoint"; exit 1; }
+echo "diverging run: $(tail -n 1 "$work/E.err")"
 
 python3 - "$work" <<'PY'
 import json, struct, sys

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
+#include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -176,18 +177,32 @@ absl::StatusOr<std::string> SaveCheckpoint(const SaveContext& ctx, int64_t step,
 }  // namespace
 
 absl::StatusOr<TrainConfig> LoadTrainConfig(const std::string& path, const std::string& overrides) {
+  // Syntax errors become one Status naming the source, line and column (instead of protobuf's
+  // own log lines on stderr).
+  class Collect : public google::protobuf::io::ErrorCollector {
+   public:
+    void AddError(int line, google::protobuf::io::ColumnNumber column, const std::string& message) override {
+      if (first.empty()) first = absl::StrCat("line ", line + 1, ", column ", column + 1, ": ", message);
+    }
+    std::string first;
+  };
+  auto parse = [](const std::string& text, const std::string& source, TrainConfig* out) -> absl::Status {
+    google::protobuf::TextFormat::Parser parser;
+    Collect errors;
+    parser.RecordErrorsTo(&errors);
+    if (!parser.ParseFromString(text, out)) {
+      return absl::InvalidArgumentError(absl::StrCat(source, " is not a valid TrainConfig: ", errors.first));
+    }
+    return absl::OkStatus();
+  };
   TrainConfig cfg;
   if (!path.empty()) {
     ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
-    if (!google::protobuf::TextFormat::ParseFromString(text, &cfg)) {
-      return absl::InvalidArgumentError(absl::StrCat("training config '", path, "' is not a valid TrainConfig text proto"));
-    }
+    RETURN_IF_ERROR(parse(text, absl::StrCat("training config '", path, "'"), &cfg));
   }
   if (!overrides.empty()) {
     TrainConfig over;
-    if (!google::protobuf::TextFormat::ParseFromString(overrides, &over)) {
-      return absl::InvalidArgumentError(absl::StrCat("--set '", overrides, "' is not valid TrainConfig text"));
-    }
+    RETURN_IF_ERROR(parse(overrides, "--set", &over));
     cfg.MergeFrom(over);
   }
   return cfg;
