@@ -36,6 +36,7 @@ def heatmap(path, title, layers, num_frozen):
     im = ax.imshow(norm, aspect="auto", cmap="viridis", vmin=0, vmax=2)
     ax.set_xlabel("expert (frozen 0..%d | learned)" % (num_frozen - 1))
     ax.set_ylabel("layer")
+    ax.set_yticks(range(len(loads)))
     ax.axvline(num_frozen - 0.5, color="white", lw=1)
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="load / mean load")
