@@ -27,10 +27,6 @@
 namespace llama_moe {
 namespace {
 
-// Files of an HF model directory that travel with the weights.
-constexpr const char* kSideFiles[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                      "generation_config.json", "tokenizer.model"};
-
 // Independent random streams per (seed, layer, purpose), so that outputs do not depend on the
 // order in which tensors are produced.
 at::Generator Stream(uint64_t seed, int64_t layer, int purpose) {
@@ -223,12 +219,10 @@ absl::StatusOr<ConvertStats> ConvertDenseToMoe(const ConvertOptions& o) {
     return absl::InternalError(absl::StrCat("conversion failed: ", e.what_without_backtrace()));
   }
 
+  // Side files first, so that this conversion's recipe replaces any the source carried.
+  RETURN_IF_ERROR(w->CopySideFiles(o.input_dir));
   RETURN_IF_ERROR(w->AddFile(kConfigFile, LlamaConfigToJson(out_cfg)));
   RETURN_IF_ERROR(w->AddFile("recipe.textproto", RecipeToText(recipe)));
-  for (const char* f : kSideFiles) {
-    const std::string src = JoinPath(o.input_dir, f);
-    if (PathExists(src)) RETURN_IF_ERROR(w->CopyFile(src, f));
-  }
   if (cancelled()) return absl::CancelledError("conversion cancelled; no output written");
   RETURN_IF_ERROR(w->Commit());
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

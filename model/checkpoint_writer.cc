@@ -202,6 +202,17 @@ absl::Status CheckpointWriter::CopyFile(const std::string& source_path, absl::st
   return AddFile(file_name, contents);
 }
 
+absl::Status CheckpointWriter::CopySideFiles(const std::string& source_dir) {
+  static constexpr const char* kSideFiles[] = {"tokenizer.json",         "tokenizer_config.json",
+                                               "special_tokens_map.json", "generation_config.json",
+                                               "tokenizer.model",        "recipe.textproto"};
+  for (const char* f : kSideFiles) {
+    const std::string src = JoinPath(source_dir, f);
+    if (PathExists(src)) RETURN_IF_ERROR(CopyFile(src, f));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckpointWriter::Commit() {
   if (committed_) return absl::FailedPreconditionError("checkpoint already committed");
   for (const Placement& p : placements_) {

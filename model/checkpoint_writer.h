@@ -67,6 +67,9 @@ class CheckpointWriter {
   // Writes an extra file (config.json, tokenizer.json, ...) into the output directory.
   absl::Status AddFile(absl::string_view file_name, absl::string_view contents);
   absl::Status CopyFile(const std::string& source_path, absl::string_view file_name);
+  // Copies the files of a model directory that travel with its weights (tokenizer files,
+  // generation_config.json, a conversion recipe) from `source_dir`, those that exist.
+  absl::Status CopySideFiles(const std::string& source_dir);
   // Checks completeness, syncs, writes the index (when sharded) and renames into place.
   absl::Status Commit();
 

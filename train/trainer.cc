@@ -35,9 +35,6 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr const char* kSideFiles[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                      "generation_config.json", "tokenizer.model", "recipe.textproto"};
-
 double LearningRate(const TrainConfig& c, int64_t step) {
   // step is 0-based; linear warm-up to lr, then cosine down to min_lr_ratio * lr.
   if (c.warmup_steps() > 0 && step < c.warmup_steps()) return c.lr() * (step + 1) / c.warmup_steps();
@@ -153,10 +150,7 @@ absl::StatusOr<std::string> SaveCheckpoint(const SaveContext& ctx, int64_t step,
       }
       RETURN_IF_ERROR(w->AddFile(kConfigFile, ctx.config_json));
       RETURN_IF_ERROR(w->AddFile("trainer_state.json", state.dump(2) + "\n"));
-      for (const char* f : kSideFiles) {
-        const std::string src = JoinPath(ctx.source_dir, f);
-        if (PathExists(src)) RETURN_IF_ERROR(w->CopyFile(src, f));
-      }
+      RETURN_IF_ERROR(w->CopySideFiles(ctx.source_dir));
       for (int r = 0; r < comm.world_size(); ++r) {
         const std::string s = absl::StrFormat("optimizer-rank-%05d-of-%05d.safetensors", r, comm.world_size());
         if (std::rename(JoinPath(staging, s).c_str(), JoinPath(w->temp_dir(), s).c_str()) != 0) {
