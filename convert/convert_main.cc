@@ -23,7 +23,7 @@ ABSL_FLAG(std::string, recipe, "", "conversion recipe (text proto, convert/recip
 ABSL_FLAG(std::string, set, "", "recipe fields in text-proto syntax applied over the recipe, e.g. 'top_k: 4 seed: 3'");
 ABSL_FLAG(int32_t, top_k, 0, "override the recipe's top_k (0: keep)");
 ABSL_FLAG(int64_t, seed, -1, "override the recipe's seed (-1: keep)");
-ABSL_FLAG(std::string, router_init, "", "override the recipe's router_init: NORMAL or DENSE_PRESERVING");
+ABSL_FLAG(std::string, router_init, "", "override the recipe's router_init: NORMAL, DENSE_PRESERVING or COMPLEMENTARY");
 ABSL_FLAG(std::string, dtype, "", "override the output dtype: float32 or bfloat16");
 ABSL_FLAG(bool, overwrite, false, "replace an existing output directory");
 
@@ -51,7 +51,7 @@ absl::Status Run() {
   if (!absl::GetFlag(FLAGS_router_init).empty()) {
     ConversionRecipe::RouterInit ri;
     if (!ConversionRecipe::RouterInit_Parse(absl::GetFlag(FLAGS_router_init), &ri)) {
-      return absl::InvalidArgumentError("--router_init must be NORMAL or DENSE_PRESERVING");
+      return absl::InvalidArgumentError("--router_init must be NORMAL, DENSE_PRESERVING or COMPLEMENTARY");
     }
     o.recipe.set_router_init(ri);
   }

@@ -206,6 +206,10 @@ absl::StatusOr<ConvertStats> ConvertDenseToMoe(const ConvertOptions& o) {
         router = at::zeros({E, H}, at::kFloat);
         bias.slice(0, 0, Nf).fill_(recipe.bias_margin() * static_cast<double>(Nl) / E);
         bias.slice(0, Nf, E).fill_(-recipe.bias_margin() * static_cast<double>(Nf) / E);
+      } else if (recipe.router_init() == ConversionRecipe::COMPLEMENTARY) {
+        // Frozen rows u, learned rows -u: each token's top-K is one whole group (see recipe.proto).
+        const at::Tensor u = at::randn({1, H}, Stream(recipe.seed(), layer, kRouter), at::kFloat) * recipe.router_std();
+        router = at::cat({u.expand({Nf, H}), -u.expand({Nl, H})}, 0);
       } else {
         router = at::randn({E, H}, Stream(recipe.seed(), layer, kRouter), at::kFloat) * recipe.router_std();
       }

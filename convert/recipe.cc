@@ -86,6 +86,11 @@ absl::StatusOr<MoeConfig> ResolveRecipe(const LlamaConfig& dense, ConversionReci
     return bad(absl::StrCat("reinit_fraction must be in [0, 1], got ", r->reinit_fraction()));
   }
   if (!(r->router_std() >= 0)) return bad("router_std must be >= 0");
+  if (r->router_init() == ConversionRecipe::COMPLEMENTARY &&
+      !(r->num_learned_experts() == r->num_frozen_experts() && r->top_k() == r->num_frozen_experts())) {
+    return bad(absl::StrCat("router_init COMPLEMENTARY needs num_learned_experts == num_frozen_experts == top_k, got ",
+                            r->num_learned_experts(), ", ", r->num_frozen_experts(), " and ", r->top_k()));
+  }
   if (r->max_shard_bytes() < 1) return bad("max_shard_bytes must be positive");
   if (!r->dtype().empty() && r->dtype() != "float32" && r->dtype() != "bfloat16" && r->dtype() != "float16") {
     return bad(absl::StrCat("dtype '", r->dtype(), "' is not float32, bfloat16 or float16"));

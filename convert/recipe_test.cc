@@ -44,6 +44,9 @@ TEST(RecipeTest, RejectsBadRecipes) {
   EXPECT_THAT(std::string(ResolveRecipe(Dense(14336), &r).status().message()), HasSubstr("top_k 17"));
   r = *ParseRecipe("reinit_fraction: 1.5", "t");
   EXPECT_THAT(std::string(ResolveRecipe(Dense(14336), &r).status().message()), HasSubstr("reinit_fraction"));
+  r = *ParseRecipe("router_init: COMPLEMENTARY top_k: 4", "t");
+  EXPECT_THAT(std::string(ResolveRecipe(Dense(14336), &r).status().message()),
+              HasSubstr("COMPLEMENTARY needs num_learned_experts == num_frozen_experts == top_k, got 8, 8 and 4"));
   absl::StatusOr<ConversionRecipe> bad = ParseRecipe("top_k: 4\nno_such_field: 1", "r.textproto");
   ASSERT_FALSE(bad.ok());
   EXPECT_THAT(std::string(bad.status().message()), HasSubstr("r.textproto"));

@@ -1,5 +1,6 @@
 // End to end: dense checkpoint -> converter -> MoE model; identity mode and the dense-preserving
-// router reproduce the dense model's logits and greedy decoding; routed mode is sparse.
+// and complementary routers reproduce the dense model's logits and greedy decoding; routed mode
+// is sparse.
 #include <ATen/ATen.h>
 
 #include "convert/converter.h"
@@ -85,6 +86,29 @@ TEST(MoeLogitMatchTest, DensePreservingRouterEqualsDenseAtStepZero) {
   const at::Tensor tokens = at::randint(0, 510, {64}, at::kLong);
   Models m = Make("router_init: DENSE_PRESERVING", DType::kF32, 2, false);
   EXPECT_LT(RelErr(Logits(m.moe, RoutingMode::kRouted, tokens), Logits(m.dense, RoutingMode::kRouted, tokens)), 1e-5);
+}
+
+TEST(MoeLogitMatchTest, ComplementaryRouterEqualsDenseWithBothGroupsLoaded) {
+  at::manual_seed(3);
+  const at::Tensor tokens = at::randint(0, 510, {200}, at::kLong);
+  Models m = Make("router_init: COMPLEMENTARY noise_scale: 0 router_std: 0.1", DType::kF32, 2, false);
+  EXPECT_LT(RelErr(Logits(m.moe, RoutingMode::kRouted, tokens), Logits(m.dense, RoutingMode::kRouted, tokens)), 1e-5);
+  // Unlike DENSE_PRESERVING (every token on the frozen group), tokens split between the groups,
+  // each token taking one whole group: every expert of a group carries the same load.
+  ModelLoadOptions o;
+  o.dtype = DType::kF32;
+  LoadedModel model = *LoadModel(m.moe, o);
+  ASSERT_TRUE(model.model->Forward(tokens).ok());
+  for (MoeFeedForward* layer : model.moe_layers) {
+    const at::Tensor load = layer->TakeRoutingStats().load;  // [16]: 8 frozen, 8 learned
+    const at::Tensor frozen = load.slice(0, 0, 8), learned = load.slice(0, 8, 16);
+    EXPECT_EQ(frozen.min().item<int64_t>(), frozen.max().item<int64_t>()) << load;
+    EXPECT_EQ(learned.min().item<int64_t>(), learned.max().item<int64_t>()) << load;
+    EXPECT_EQ(frozen[0].item<int64_t>() + learned[0].item<int64_t>(), 200);
+    // A random hyperplane through the hidden states: neither group is empty.
+    EXPECT_GT(frozen[0].item<int64_t>(), 20) << load;
+    EXPECT_GT(learned[0].item<int64_t>(), 20) << load;
+  }
 }
 
 TEST(MoeLogitMatchTest, SeedStyleRoutedModeDiffersButStaysOnScale) {
