@@ -39,7 +39,7 @@ stage data "Brown corpus tokenized with the model's tokenizer; held-out split by
   --format brown --heldout_fraction 0.05 --seed 0 --output "$out/data" | tail -n 3
 stage_done
 
-stage convert "dense -> 16 experts (8 frozen slices + 8 noisy copies), seed-style and dense-preserving routers"
+stage convert "dense -> 16 experts (8 frozen slices + 8 learned copies), seed-style and dense-preserving routers"
 "$bin/convert/convert" --input "$model" --output "$out/moe_seed" --recipe convert/recipes/default.textproto
 "$bin/convert/convert" --input "$model" --output "$out/moe_dp" --recipe convert/recipes/dense_preserving.textproto
 stage_done
@@ -70,9 +70,12 @@ evaluate "$out/moe_dp" dp_conversion --routing routed
 stage_done
 
 stage train "continued pretraining of learned experts + routers (bias balancing), both inits"
+# The dense-preserving init starts at the dense optimum: a lower learning rate (see the config).
 for init in seed dp; do
+  lr=""
+  [ "$init" = dp ] && lr="lr: 3e-4"
   "$bin/train/train" --config train/configs/demo_continued_pretraining.textproto \
-    --set "model_dir: \"$out/moe_$init\" data_dir: \"$out/data\" output_dir: \"$out/train_$init\""
+    --set "model_dir: \"$out/moe_$init\" data_dir: \"$out/data\" output_dir: \"$out/train_$init\" $lr"
 done
 stage_done
 
@@ -89,31 +92,27 @@ out = sys.argv[1]
 ev = lambda n: json.load(open(f"{out}/eval_{n}.json"))
 ppl = lambda n, mode: [r for r in ev(n)["results"] if r["mode"] == mode][0]["perplexity"]
 dense = ev("dense")["results"][0]["perplexity"]
+worst = lambda name: max(l["max_over_mean"] for l in [r for r in ev(name)["results"] if r["mode"] == "routed"][0]["layers"])
 rows = [
-    ("dense perplexity", dense, True),
-    ("seed-style routed at conversion", ppl("seed_conversion", "routed"), True),
-    ("seed-style routed after training", ppl("seed_trained", "routed"), ppl("seed_trained", "routed") < 0.95 * ppl("seed_conversion", "routed")),
-    ("dense-preserving routed at conversion", ppl("dp_conversion", "routed"), abs(ppl("dp_conversion", "routed") / dense - 1) < 1e-3),
-    ("identity at conversion", ppl("seed_conversion", "identity"), abs(ppl("seed_conversion", "identity") / dense - 1) < 1e-4),
+    ("dense perplexity", dense, "", True),
+    ("identity at conversion / dense", ppl("seed_conversion", "identity") / dense, "= 1 (1e-4)",
+     abs(ppl("seed_conversion", "identity") / dense - 1) < 1e-4),
+    ("seed-style routed at conversion", ppl("seed_conversion", "routed"), "", True),
+    ("seed-style routed after training / at conversion", ppl("seed_trained", "routed") / ppl("seed_conversion", "routed"),
+     "< 0.95", ppl("seed_trained", "routed") < 0.95 * ppl("seed_conversion", "routed")),
+    ("dense-preserving routed at conversion / dense", ppl("dp_conversion", "routed") / dense, "= 1 (1e-3)",
+     abs(ppl("dp_conversion", "routed") / dense - 1) < 1e-3),
+    ("dense-preserving routed after training / dense", ppl("dp_trained", "routed") / dense, "< 1.05",
+     ppl("dp_trained", "routed") / dense < 1.05),
+    ("seed-style after training: worst layer max/mean expert load", worst("seed_trained"), "< 1.5", worst("seed_trained") < 1.5),
+    ("dense-preserving after training: worst layer max/mean expert load", worst("dp_trained"), "< 1.5", worst("dp_trained") < 1.5),
 ]
 ok = True
-for name, value, good in rows:
-    print(f"{'ok  ' if good else 'FAIL'} {name}: {value:.4f}")
+for name, value, target, good in rows:
+    print(f"{'ok  ' if good else 'FAIL'} {name}: {value:.4f}" + (f" (target {target})" if target else ""))
     ok &= bool(good)
-# Issue 6 targets this short run does not reach yet, measured and printed as "open" rather than
-# gating the demo: in 120 steps the sign-based bias update moves whole groups of experts at once
-# (with the dense-preserving init every token prefers the same experts, so the frozen and the
-# learned group trade places), so the load is not yet balanced and the dense-preserving model
-# drifts from dense.
-worst = lambda name: max(l["max_over_mean"] for l in [r for r in ev(name)["results"] if r["mode"] == "routed"][0]["layers"])
-targets = [
-    ("dense-preserving routed after training / dense", ppl("dp_trained", "routed") / dense, "< 1.05"),
-    ("seed-style after training: worst layer max/mean expert load", worst("seed_trained"), "< 1.5"),
-    ("dense-preserving after training: worst layer max/mean expert load", worst("dp_trained"), "< 1.5"),
-]
-for name, value, target in targets:
-    met = value < float(target.split()[1])
-    print(f"{'ok  ' if met else 'open'} {name}: {value:.4f} (target {target})")
+print(f"perplexities: dense {dense:.2f}; seed-style {ppl('seed_conversion', 'routed'):.2f} -> {ppl('seed_trained', 'routed'):.2f}; "
+      f"dense-preserving {ppl('dp_conversion', 'routed'):.2f} -> {ppl('dp_trained', 'routed'):.2f}")
 sys.exit(0 if ok else 1)
 PY
 cat "$out/checks.txt"
