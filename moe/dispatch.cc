@@ -68,13 +68,68 @@ void ForEachSegment(const Plan& p, const F& fn) {
   for (size_t j = 0; j < p.expert.size(); ++j) fn(j);
 }
 
-// The fast path as one autograd node with a hand-written backward. Per active expert, the forward
-// gathers the expert's rows into a reused buffer, writes its gate/up GEMMs straight into slices
-// of [T*K,Ie] buffers (kept for backward), folds the routing weight into the [n,Ie] activation
-// before the down projection (cheaper than scaling the [n,H] output), and index-adds the result
-// into the output; no per-expert outputs to concatenate and no autograd graph of ~10 nodes per
-// expert. Saved for backward: the pre-activation gate and up values of every pair and the routing
-// permutation; hidden states are gathered again instead of saved.
+// The forward of the fast path, shared by training (keep = true: the pre-activation gate and up
+// values of every pair are kept for backward, in [T*K,Ie] buffers whose segments the GEMMs write)
+// and inference (keep = false: one [max n,Ie] pair of buffers reused by every expert, which stays
+// in cache and allocates T*K/max_n times less). Per active expert it gathers the expert's rows of
+// x into a reused buffer, runs the gate/up GEMMs, folds the routing weight into the [n,Ie]
+// activation before the down projection (cheaper than scaling the [n,H] output), and index-adds
+// the result into the output: no per-expert outputs to concatenate, no autograd graph per expert.
+struct Dispatched {
+  at::Tensor out;                   // [T,H]
+  at::Tensor order, token, counts;  // the routing permutation, source token per sorted pair, [E] counts
+  at::Tensor g, u, w_sorted;        // kept pre-activations [T*K,Ie] (keep only) and sorted weights
+};
+
+Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const at::Tensor& weight,
+                           const StackList& s, bool keep) {
+  const int64_t T = xd.size(0), H = xd.size(1), K = expert.size(1), P = T * K, nf = s[kFrozenGate].size(0);
+  const int64_t E = nf + s[kLearnedGate].size(0), ie = s[kFrozenGate].size(1);
+  Dispatched d;
+  const at::Tensor flat_expert = expert.reshape({P});
+  // Stable sort keeps pairs of one expert in token order, so results do not depend on sort
+  // implementation details.
+  d.order = std::get<1>(flat_expert.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+  d.token = d.order.div(K, "floor");  // [P] source token of each sorted pair
+  // The one host sync: segment sizes drive the per-expert loop.
+  d.counts = at::bincount(flat_expert, /*weights=*/{}, E).to(at::kCPU);
+  d.w_sorted = weight.detach().reshape({P}).index_select(0, d.order).to(xd.scalar_type());
+  const Plan plan = MakePlan(d.counts);
+  const int64_t rows = keep ? P : plan.max_count;
+  d.g = at::empty({rows, ie}, xd.options());
+  d.u = at::empty({rows, ie}, xd.options());
+  // Each expert's rows of x are gathered into, and its output scattered from, one [max n,H]
+  // buffer reused by every expert: [T*K,H] buffers would be fresh pages on every call (large
+  // allocations are mmap'ed) and fall out of cache between the gather and the GEMMs.
+  at::Tensor xbuf = at::empty({plan.max_count, H}, xd.options()), ybuf = at::empty({plan.max_count, H}, xd.options());
+  // bfloat16/float16 outputs are summed over the K experts of a token in float32 and rounded
+  // once at the end, as the dense FFN's GEMM rounds once: summing in bfloat16 rounded K times
+  // (with 8 exact slices the routed model drifted from the dense one by KL 1e-4 per token).
+  const bool widen = xd.scalar_type() == at::kBFloat16 || xd.scalar_type() == at::kHalf;
+  d.out = at::zeros({T, H}, xd.options().dtype(widen ? at::kFloat : xd.scalar_type()));
+  ForEachSegment(plan, [&](size_t j) {
+    const int64_t b = plan.begin[j], n = plan.count[j];
+    const ExpertWeights w = Slices(s, nf, plan.expert[j]);
+    const at::Tensor tok = d.token.narrow(0, b, n);
+    at::Tensor xs = xbuf.narrow(0, 0, n), ys = ybuf.narrow(0, 0, n);
+    at::Tensor gs = d.g.narrow(0, keep ? b : 0, n), us = d.u.narrow(0, keep ? b : 0, n);
+    at::index_select_out(xs, xd, 0, tok);
+    at::mm_out(gs, xs, w.gate.t());
+    at::mm_out(us, xs, w.up.t());
+    // In inference the gate buffer becomes the activation in place; in training it is saved.
+    at::Tensor act = keep ? at::silu(gs) : at::silu_(gs);
+    act.mul_(us).mul_(d.w_sorted.narrow(0, b, n).unsqueeze(1));
+    at::mm_out(ys, act, w.down.t());
+    d.out.index_add_(0, tok, widen ? ys.to(at::kFloat) : ys);
+  });
+  if (widen) d.out = d.out.to(xd.scalar_type());
+  if (!keep) d.g = d.u = at::Tensor();
+  return d;
+}
+
+// The fast path as one autograd node with a hand-written backward. Saved for backward: the
+// pre-activation gate and up values of every pair and the routing permutation; hidden states
+// are gathered again instead of saved.
 class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& expert,
@@ -82,46 +137,15 @@ class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
                             const at::Tensor& fd, const at::Tensor& lg, const at::Tensor& lu,
                             const at::Tensor& ld) {
     const StackList s = {Detached(fg), Detached(fu), Detached(fd), Detached(lg), Detached(lu), Detached(ld)};
-    const int64_t T = x.size(0), H = x.size(1), K = expert.size(1), P = T * K, nf = fg.size(0);
-    const int64_t E = nf + lg.size(0), ie = fg.size(1);
-    const at::Tensor flat_expert = expert.reshape({P});
-    // Stable sort keeps pairs of one expert in token order, so results do not depend on sort
-    // implementation details.
-    const at::Tensor order = std::get<1>(flat_expert.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-    const at::Tensor token = order.div(K, "floor");  // [P] source token of each sorted pair
-    // The one host sync: segment sizes drive the per-expert loop.
-    const at::Tensor counts = at::bincount(flat_expert, /*weights=*/{}, E).to(at::kCPU);
-    const at::Tensor w_sorted = weight.detach().reshape({P}).index_select(0, order).to(x.scalar_type());
-    const at::Tensor g = at::empty({P, ie}, x.options()), u = at::empty({P, ie}, x.options());
-    const Plan plan = MakePlan(counts);
-    // Each expert's rows of x are gathered into, and its output scattered from, one [max n,H]
-    // buffer reused by every expert: [T*K,H] buffers would be fresh pages on every call (large
-    // allocations are mmap'ed) and fall out of cache between the gather and the GEMMs.
-    at::Tensor xbuf = at::empty({plan.max_count, H}, x.options()), ybuf = at::empty({plan.max_count, H}, x.options());
-    at::Tensor out = at::zeros({T, H}, x.options());
-    const at::Tensor xd = x.detach();
-    ForEachSegment(plan, [&](size_t j) {
-      const int64_t b = plan.begin[j], n = plan.count[j];
-      const ExpertWeights w = Slices(s, nf, plan.expert[j]);
-      const at::Tensor tok = token.narrow(0, b, n);
-      at::Tensor xs = xbuf.narrow(0, 0, n), ys = ybuf.narrow(0, 0, n);
-      at::Tensor gs = g.narrow(0, b, n), us = u.narrow(0, b, n);
-      at::index_select_out(xs, xd, 0, tok);
-      at::mm_out(gs, xs, w.gate.t());
-      at::mm_out(us, xs, w.up.t());
-      const at::Tensor act = at::silu(gs).mul_(us).mul_(w_sorted.narrow(0, b, n).unsqueeze(1));
-      at::mm_out(ys, act, w.down.t());
-      out.index_add_(0, tok, ys);
-    });
-
+    Dispatched d = DispatchForward(x.detach(), expert, weight, s, /*keep=*/true);
     ctx->save_for_backward({x, weight, fg, fu, fd, lg, lu, ld});
-    ctx->saved_data["order"] = order;
-    ctx->saved_data["token"] = token;
-    ctx->saved_data["counts"] = counts;
-    ctx->saved_data["g"] = g;
-    ctx->saved_data["u"] = u;
-    ctx->saved_data["w_sorted"] = w_sorted;
-    return out;
+    ctx->saved_data["order"] = d.order;
+    ctx->saved_data["token"] = d.token;
+    ctx->saved_data["counts"] = d.counts;
+    ctx->saved_data["g"] = d.g;
+    ctx->saved_data["u"] = d.u;
+    ctx->saved_data["w_sorted"] = d.w_sorted;
+    return d.out;
   }
 
   // With a = silu(g)*u, z = a*w, y = z Wd^T:
@@ -155,7 +179,9 @@ class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
     const int64_t m = plan.max_count;
     at::Tensor dybuf = at::empty({m, H}, x.options()), xbuf = at::empty({need_gate_up ? m : 0, H}, x.options());
     at::Tensor dxbuf = at::empty({need_x ? m : 0, H}, x.options());
-    at::Tensor dx = need_x ? at::zeros({T, H}, x.options()) : at::Tensor();
+    // As in the forward: a token's K contributions are summed in float32, rounded once.
+    const bool widen = dtype == at::kBFloat16 || dtype == at::kHalf;
+    at::Tensor dx = need_x ? at::zeros({T, H}, x.options().dtype(widen ? at::kFloat : dtype)) : at::Tensor();
     const at::Tensor dy = grads[0];
     const at::Tensor dw_sorted = need_w ? at::empty({P}, x.options().dtype(at::kFloat)) : at::Tensor();
 
@@ -190,10 +216,11 @@ class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
         at::Tensor dxs = dxbuf.narrow(0, 0, n);
         at::mm_out(dxs, dg, w.gate);
         dxs.addmm_(du, w.up);
-        dx.index_add_(0, tok, dxs);
+        dx.index_add_(0, tok, widen ? dxs.to(at::kFloat) : dxs);
       }
     });
 
+    if (need_x && widen) dx = dx.to(dtype);
     at::Tensor dweight;
     // order is a permutation of the pairs: dweight[order[i]] = dw_sorted[i].
     if (need_w) dweight = at::empty({P}, dw_sorted.options()).index_copy_(0, order, dw_sorted).reshape(weight.sizes()).to(weight.scalar_type());
@@ -215,10 +242,15 @@ at::Tensor SparseMoeForward(const at::Tensor& x, const at::Tensor& expert, const
   auto or_empty = [&](const at::Tensor& t, const at::Tensor& like) {
     return t.defined() ? t : at::empty({0, like.size(1), like.size(2)}, like.options());
   };
-  return SparseMoeFunction::apply(x, expert, weight, stacks.frozen_gate, stacks.frozen_up, stacks.frozen_down,
-                                  or_empty(stacks.learned_gate, stacks.frozen_gate),
-                                  or_empty(stacks.learned_up, stacks.frozen_up),
-                                  or_empty(stacks.learned_down, stacks.frozen_down));
+  const StackList list = {stacks.frozen_gate, stacks.frozen_up, stacks.frozen_down,
+                          or_empty(stacks.learned_gate, stacks.frozen_gate),
+                          or_empty(stacks.learned_up, stacks.frozen_up),
+                          or_empty(stacks.learned_down, stacks.frozen_down)};
+  bool needs_grad = at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad());
+  for (const at::Tensor& t : list) needs_grad = needs_grad || (at::GradMode::is_enabled() && t.requires_grad());
+  // Inference (no gradient wanted): no autograd node, nothing kept for a backward.
+  if (!needs_grad) return DispatchForward(x, expert, weight, list, /*keep=*/false).out;
+  return SparseMoeFunction::apply(x, expert, weight, list[0], list[1], list[2], list[3], list[4], list[5]);
 }
 
 at::Tensor AllFrozenForward(const at::Tensor& x, const ExpertStacks& s) {
