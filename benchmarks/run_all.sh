@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark binary of the repository and writes one JSON file per binary to
-# out/benchmarks/<name>.json (Google Benchmark's format), then prints the MoE ratio tables.
+# out/benchmarks/<name>.json (Google Benchmark's format), then prints the ratio tables of the MoE,
+# decode-bandwidth and conversion benchmarks (benchmarks/summarize.py).
 #
 #   benchmarks/run_all.sh                       # all benchmarks, 3 repetitions each
 #   REPETITIONS=5 benchmarks/run_all.sh moe     # only binaries whose name contains "moe"
@@ -36,6 +37,10 @@ for t in "${targets[@]}"; do
     --benchmark_out="$out/$name.json" --benchmark_out_format=json "$@"
 done
 
-if [ -f "$out/moe_benchmark.json" ]; then
-  python3 benchmarks/summarize.py "$out/moe_benchmark.json"
-fi
+# summarize.py picks the tables from the benchmarks each file holds.
+for name in moe_benchmark decode_bandwidth_benchmark convert_benchmark; do
+  if [ -f "$out/$name.json" ]; then
+    python3 benchmarks/summarize.py "$out/$name.json"
+    echo
+  fi
+done

@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
-"""Markdown tables of the MoE benchmark's ratios from Google Benchmark JSON (stdlib only).
+"""Markdown tables of the benchmarks' ratios from Google Benchmark JSON (stdlib only).
 
-Reads the JSON that benchmarks/run_all.sh writes (--benchmark_out_format=json) and prints, from
-the median wall time over repetitions of each benchmark:
+Reads the JSON that benchmarks/run_all.sh writes (--benchmark_out_format=json); what it prints
+depends on the benchmarks the file holds, always from medians over repetitions:
+
+moe_benchmark.json:
   1. ours (sparse dispatch) vs the dense FFN of equal active size at T 512 and 2048;
   2. ours vs the seed and Mixtral-loop baselines over the whole sweep (speedup > 1: ours faster);
   3. achieved GFLOP/s (useful FLOPs: 6*T*K*H*Ie per forward, 3x for forward+backward);
-for the forward and the forward+backward benchmarks.
+  for the forward and the forward+backward benchmarks.
+decode_bandwidth_benchmark.json:
+  decode-step weight bandwidth of ours and of the dense FFN (GB/s, fraction of the copy's read
+  bandwidth) per T, K and dtype.
+convert_benchmark.json:
+  conversion GB/s (source bytes) vs the copy of the same checkpoint, and their ratio.
 
-  python3 benchmarks/summarize.py out/benchmarks/moe_benchmark.json
+  python3 benchmarks/summarize.py out/benchmarks/moe_benchmark.json [more.json ...]
 """
 import json
 import re
@@ -20,10 +27,11 @@ NAME = re.compile(r"^(BM_MoeForward(?:Backward)?)/(\w+)/T:(\d+)/E:(\d+)/K:(\d+)/
 TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def load(path):
+def load(path, data=None):
     """{(bench, T, E, K, bf16): {method: {"ms": median, "flops": median FLOP/s, ...}}}"""
-    with open(path) as f:
-        data = json.load(f)
+    if data is None:
+        with open(path) as f:
+            data = json.load(f)
     runs = defaultdict(list)
     for b in data["benchmarks"]:
         if b.get("run_type", "iteration") != "iteration" or b.get("error_occurred"):
@@ -102,22 +110,129 @@ def gflops_table(table, bench, title):
         print(f"| {dtype(k[4])} | {k[1]} | {k[2]} | {k[3]} | {g('sparse')} | {g('dense')} | {g('seed')} | {g('mixtral')} |")
 
 
-def main(argv):
-    if len(argv) != 2:
-        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
-        return 2
-    context, table = load(argv[1])
+def moe_main(path, data):
+    context, table = load(path, data)
     if not table:
-        print(f"no MoE benchmark results in {argv[1]}", file=sys.stderr)
+        print(f"no MoE benchmark results in {path}", file=sys.stderr)
         return 1
     reps = sorted({m["reps"] for r in table.values() for m in r.values()})
-    print(f"MoE benchmarks from {argv[1]} ({context.get('date', '?')}, {context.get('num_cpus', '?')} CPUs, "
+    print(f"MoE benchmarks from {path} ({context.get('date', '?')}, {context.get('num_cpus', '?')} CPUs, "
           f"load {context.get('load_avg', '?')}); medians of {reps} repetitions; H 1024, E*Ie 4096.")
     for bench, title in (("BM_MoeForward", "Forward"), ("BM_MoeForwardBackward", "Forward+backward")):
         dense_table(table, bench, title)
         baseline_table(table, bench, title)
         gflops_table(table, bench, title)
     return 0
+
+
+def iteration_runs(data):
+    """{name without the /min_time:.., /iterations:.., /real_time, /manual_time suffixes: [runs]}"""
+    runs = defaultdict(list)
+    for b in data["benchmarks"]:
+        if b.get("run_type", "iteration") != "iteration" or b.get("error_occurred"):
+            continue
+        name = re.sub(r"/(min_time:[\d.]+|iterations:\d+|real_time|manual_time)", "", b["name"])
+        runs[name].append(b)
+    return runs
+
+
+def median_of(bs, field):
+    return statistics.median(b.get(field, 0.0) for b in bs)
+
+
+def median_ms(bs):
+    return statistics.median(b["real_time"] * TO_MS[b["time_unit"]] for b in bs)
+
+
+def header(path, data, what, runs):
+    context = data.get("context", {})
+    reps = sorted({len(bs) for bs in runs.values()})
+    print(f"{what} from {path} ({context.get('date', '?')}, {context.get('num_cpus', '?')} CPUs, "
+          f"load {context.get('load_avg', '?')}); medians of {reps} repetitions.")
+
+
+DECODE = re.compile(r"^BM_Decode/(\w+)/T:(\d+)/K:(\d+)/bf16:(\d)$")
+
+
+def decode_main(path, data):
+    runs = iteration_runs(data)
+    table = defaultdict(dict)  # (bf16, K, T) -> {method: runs}
+    for name, bs in runs.items():
+        m = DECODE.match(name)
+        if m:
+            method, t, k, bf16 = m.groups()
+            table[(int(bf16), int(k), int(t))][method] = bs
+    if not table:
+        print(f"no decode bandwidth results in {path}", file=sys.stderr)
+        return 1
+    header(path, data, "Decode bandwidth benchmarks", runs)
+    any_run = next(iter(next(iter(table.values())).values()))
+    line = f"\nReference (measured once per process, median of 5): copy reads {median_of(any_run, 'copy_GBps'):.2f} GB/s, " \
+           f"a pure read (at::sum) {median_of(any_run, 'read_GBps'):.2f} GB/s."
+    for bench, what in (("BM_Copy", "copy read bandwidth"), ("BM_Read", "read bandwidth")):
+        if bench in runs:
+            line += f" {bench} ({what}): {median_of(runs[bench], 'bytes_per_second') / 1e9:.2f} GB/s."
+    print(line)
+    print("\n### Decode step: weight bytes/s of ours (SparseMoeForward, all experts the T tokens chose) and of the "
+          "dense FFN of width K*Ie; fraction = bytes/s / copy read bytes/s; ours/dense = step time ratio\n")
+    print("| dtype | T | K | active | ours ms | ours GB/s | ours fraction | dense ms | dense GB/s | dense fraction | ours/dense ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (bf16, k, t) in sorted(table):
+        r = table[(bf16, k, t)]
+
+        def cols(method):
+            if method not in r:
+                return None, "- | - | -"
+            bs = r[method]
+            ms = median_ms(bs)
+            return ms, f"{ms:.1f} | {median_of(bs, 'bytes_per_second') / 1e9:.2f} | {median_of(bs, 'bw_fraction'):.2f}"
+
+        ours_ms, ours = cols("sparse")
+        dense_ms, dense = cols("dense")
+        active = int(r["sparse"][0].get("active_experts", 0)) if "sparse" in r else "-"
+        print(f"| {dtype(bf16)} | {t} | {k} | {active} | {ours} | {dense} | {ratio(ours_ms, dense_ms)} |")
+    return 0
+
+
+def convert_main(path, data):
+    runs = iteration_runs(data)
+    if "BM_Copy" not in runs and not any(n.startswith("BM_Convert") for n in runs):
+        print(f"no conversion results in {path}", file=sys.stderr)
+        return 1
+    header(path, data, "Conversion benchmarks", runs)
+    copy = median_of(runs["BM_Copy"], "bytes_per_second") if "BM_Copy" in runs else 0.0
+    any_run = next(iter(runs.values()))
+    print(f"\nSource checkpoint: {any_run[0].get('source_bytes', 0) / 1e9:.2f} GB; GB/s count source bytes; "
+          f"copy = read/write/fsync of every file (what `cp -r && sync` does).\n")
+    print("| benchmark | s | source GB/s | written GB | copy GB/s | of copy speed | x copy time |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in sorted(runs, key=lambda n: (not n.startswith("BM_Copy"), n)):
+        bs = runs[name]
+        rate = median_of(bs, "bytes_per_second")
+        written = median_of(bs, "written_bytes")
+        print(f"| {name} | {median_ms(bs) / 1e3:.2f} | {rate / 1e9:.3f} | {f'{written / 1e9:.2f}' if written else '-'} | "
+              f"{copy / 1e9:.3f} | {ratio(rate, copy)} | {ratio(copy, rate)} |")
+    return 0
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
+        return 2
+    rc = 0
+    for i, path in enumerate(argv[1:]):
+        if i:
+            print()
+        with open(path) as f:
+            data = json.load(f)
+        names = [b["name"] for b in data.get("benchmarks", [])]
+        if any(n.startswith("BM_Decode/") for n in names):
+            rc |= decode_main(path, data)
+        elif any(n.startswith("BM_Convert/") for n in names):
+            rc |= convert_main(path, data)
+        else:
+            rc |= moe_main(path, data)
+    return rc
 
 
 if __name__ == "__main__":
