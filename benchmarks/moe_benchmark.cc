@@ -224,45 +224,20 @@ void BM_MoeForwardBackward(benchmark::State& state, Method method) {
   SetCounters(state, in, 3 * ForwardFlops(state), peak);
 }
 
-// Sweeps over (T, E, K, bf16) as lists rather than the full cross product, so one run stays
-// within a few minutes on 2 shared cores. bfloat16 matmul is 3-4x slower than float32 on CPUs
-// without AVX512-BF16/AMX (oneDNN's gemm:jit converts), and the seed baseline at T 2048 runs the
-// whole 4096-wide FFN on every token (1-4 s per call there), so both get shorter lists.
-std::vector<std::array<int64_t, 4>> SweepArgs(bool baselines) {
-  std::vector<std::array<int64_t, 4>> args;
+// The full cross product the ablation asks for: T in {1, 16, 256, 512, 2048} (512 and 2048 are
+// the prefill sizes of the dense-ratio table), E in {8, 16, 32, 64} at constant total width (so
+// Ie = 4096/E shrinks as E grows), K in {1, 2, 4, 8}, float32 and bfloat16; every method, forward
+// and forward+backward. At 1 thread the whole binary takes about half an hour with 2 repetitions,
+// most of it bfloat16 at T 2048 (bf16 matmul is 3-4x slower than f32 on CPUs without
+// AVX512-BF16/AMX) and the seed method there (it runs every expert on every token). Use
+// --benchmark_filter to run a slice, e.g. 'T:512/'.
+void SweepArgs(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"T", "E", "K", "bf16"});
   for (int64_t bf16 : {0, 1}) {
-    for (int64_t T : {1, 16, 256, 2048}) {
-      if (bf16 && (T == 2048 || (baselines && T == 1))) continue;
-      for (int64_t K : {1, 2, 4, 8}) args.push_back({T, 32, K, bf16});  // top-k sweep at E 32
-      for (int64_t E : {8, 16, 64}) args.push_back({T, E, 2, bf16});    // expert-count sweep at K 2
-    }
-    if (baselines) continue;
-    // The dense-ratio table: a coarse (8,2) layer to a fine-grained (64,8) one, at T 512 and 2048.
-    for (int64_t T : {512, 2048}) {
-      for (auto [E, K] : std::vector<std::pair<int64_t, int64_t>>{{8, 2}, {16, 4}, {32, 4}, {64, 8}}) {
-        if (!bf16 && T == 2048 && (E == 8 || E == 32)) continue;  // in the sweeps above
-        args.push_back({T, E, K, bf16});
+    for (int64_t T : {1, 16, 256, 512, 2048}) {
+      for (int64_t E : {8, 16, 32, 64}) {
+        for (int64_t K : {1, 2, 4, 8}) b->Args({T, E, K, bf16});
       }
-    }
-  }
-  return args;
-}
-
-void ForwardArgs(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"T", "E", "K", "bf16"});
-  for (const auto& a : SweepArgs(/*baselines=*/false)) b->Args({a[0], a[1], a[2], a[3]});
-}
-
-void BaselineForwardArgs(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"T", "E", "K", "bf16"});
-  for (const auto& a : SweepArgs(/*baselines=*/true)) b->Args({a[0], a[1], a[2], a[3]});
-}
-
-void ForwardBackwardArgs(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"T", "E", "K", "bf16"});
-  for (int64_t bf16 : {0, 1}) {
-    for (int64_t T : {16, 512}) {
-      for (auto [E, K] : std::vector<std::pair<int64_t, int64_t>>{{8, 2}, {64, 8}}) b->Args({T, E, K, bf16});
     }
   }
 }
@@ -272,14 +247,14 @@ void ForwardBackwardArgs(benchmark::internal::Benchmark* b) {
 #define MOE_BENCHMARK(fn, name, method, args) \
   BENCHMARK_CAPTURE(fn, name, method)->Apply(args)->MinTime(0.1)->UseRealTime()->Unit(benchmark::kMillisecond)
 
-MOE_BENCHMARK(BM_MoeForward, sparse, kSparse, ForwardArgs);
-MOE_BENCHMARK(BM_MoeForward, dense, kDense, ForwardArgs);
-MOE_BENCHMARK(BM_MoeForward, seed, kSeed, BaselineForwardArgs);
-MOE_BENCHMARK(BM_MoeForward, mixtral, kMixtral, BaselineForwardArgs);
-MOE_BENCHMARK(BM_MoeForwardBackward, sparse, kSparse, ForwardBackwardArgs);
-MOE_BENCHMARK(BM_MoeForwardBackward, dense, kDense, ForwardBackwardArgs);
-MOE_BENCHMARK(BM_MoeForwardBackward, seed, kSeed, ForwardBackwardArgs);
-MOE_BENCHMARK(BM_MoeForwardBackward, mixtral, kMixtral, ForwardBackwardArgs);
+MOE_BENCHMARK(BM_MoeForward, sparse, kSparse, SweepArgs);
+MOE_BENCHMARK(BM_MoeForward, dense, kDense, SweepArgs);
+MOE_BENCHMARK(BM_MoeForward, seed, kSeed, SweepArgs);
+MOE_BENCHMARK(BM_MoeForward, mixtral, kMixtral, SweepArgs);
+MOE_BENCHMARK(BM_MoeForwardBackward, sparse, kSparse, SweepArgs);
+MOE_BENCHMARK(BM_MoeForwardBackward, dense, kDense, SweepArgs);
+MOE_BENCHMARK(BM_MoeForwardBackward, seed, kSeed, SweepArgs);
+MOE_BENCHMARK(BM_MoeForwardBackward, mixtral, kMixtral, SweepArgs);
 
 }  // namespace
 }  // namespace llama_moe
