@@ -47,8 +47,8 @@ struct ConvertStats {
 
 absl::StatusOr<ConvertStats> ConvertDenseToMoe(const ConvertOptions& options);
 
-// SHA-256 of a file as 64 hex digits.
-absl::StatusOr<std::string> Sha256File(const std::string& path);
+// SHA-256 of a file as 64 hex digits; stops with kCancelled when *stop becomes true.
+absl::StatusOr<std::string> Sha256File(const std::string& path, const std::atomic<bool>* stop = nullptr);
 
 }  // namespace llama_moe
 

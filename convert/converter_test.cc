@@ -1,6 +1,7 @@
 #include "convert/converter.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include "convert/moe_config.h"
 #include "convert/moe_layout.h"
@@ -142,6 +143,16 @@ TEST(ConverterTest, DeterministicForASeed) {
   const auto bytes = [](const std::string& d) { return *ReadFileToString(JoinPath(d, "model.safetensors")); };
   EXPECT_EQ(bytes(a), bytes(b));
   EXPECT_NE(bytes(a), bytes(c));
+  // Noise is drawn in fixed chunks with a stream each: the thread count does not change it.
+  // 256 learned copies of the one 128-wide slice make each learned stack 2.1M elements: 3 chunks.
+  const std::string one = TestPath("one"), two = TestPath("two");
+  const int saved = at::get_num_threads();
+  at::set_num_threads(1);
+  ASSERT_TRUE(Convert(dense, one, "num_learned_experts: 256 num_frozen_experts: 1 top_k: 8").ok());
+  at::set_num_threads(2);
+  ASSERT_TRUE(Convert(dense, two, "num_learned_experts: 256 num_frozen_experts: 1 top_k: 8").ok());
+  at::set_num_threads(saved);
+  EXPECT_EQ(bytes(one), bytes(two));
 }
 
 TEST(ConverterTest, FailuresAndCancellationLeaveNoOutput) {
