@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <array>
+#include <fstream>
+#include <string>
 #include <vector>
 
 namespace llama_moe {
@@ -68,6 +70,47 @@ void ForEachSegment(const Plan& p, const F& fn) {
   for (size_t j = 0; j < p.expert.size(); ++j) fn(j);
 }
 
+// CPUs without AVX512-BF16 or AMX run LibTorch's bfloat16 GEMMs at 13-26 GFLOP/s (one core
+// here) against 60-100 for float32, so on those, a bfloat16 GEMM whose dimensions are all at
+// least kUpcastMin converts its operands to float32 and rounds the product to bfloat16 once,
+// as a bfloat16 GEMM (float32 accumulation) does. The conversions cost O(M*K + K*N) against the
+// GEMM's O(M*N*K); smaller GEMMs, mostly weight streaming, stay in bfloat16.
+constexpr int64_t kUpcastMin = 32;
+
+bool CpuHasFastBf16Gemm() {
+  static const bool fast = [] {
+    std::ifstream cpuinfo("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(cpuinfo, line)) {
+      if (line.rfind("flags", 0) == 0) {
+        return line.find(" avx512_bf16") != std::string::npos || line.find(" amx_bf16") != std::string::npos;
+      }
+    }
+    return false;
+  }();
+  return fast;
+}
+
+bool UpcastGemm(const at::Tensor& a, const at::Tensor& b) {
+  return a.scalar_type() == at::kBFloat16 && a.device().is_cpu() && a.size(0) >= kUpcastMin &&
+         a.size(1) >= kUpcastMin && b.size(1) >= kUpcastMin && !CpuHasFastBf16Gemm();
+}
+
+// out = a b, written into out (which may be a slice of a larger buffer).
+void MmOut(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (UpcastGemm(a, b)) {
+    out.copy_(at::mm(a.to(at::kFloat), b.to(at::kFloat)));
+  } else {
+    at::mm_out(out, a, b);
+  }
+}
+
+// a b as float32 (for products used only in float32 arithmetic).
+at::Tensor MmFloat(const at::Tensor& a, const at::Tensor& b) {
+  if (UpcastGemm(a, b)) return at::mm(a.to(at::kFloat), b.to(at::kFloat));
+  return at::mm(a, b).to(at::kFloat);
+}
+
 // out [n,N] = a [n,K] w[N,K]^T. A single float32 row (every segment of a decode step) goes to
 // BLAS gemv: OpenBLAS's sgemm with one row streams the weights at 2-2.5 GB/s here, its sgemv at
 // 6.6-8.2 GB/s. bfloat16 has no BLAS gemv and its one-row GEMM is already at read bandwidth.
@@ -76,7 +119,7 @@ void LinearOut(at::Tensor& out, const at::Tensor& a, const at::Tensor& w) {
     at::Tensor row = out.select(0, 0);
     at::mv_out(row, w, a.select(0, 0));
   } else {
-    at::mm_out(out, a, w.t());
+    MmOut(out, a, w.t());
   }
 }
 
@@ -84,6 +127,7 @@ void LinearOut(at::Tensor& out, const at::Tensor& a, const at::Tensor& w) {
 // [N,n] row-major output is the one OpenBLAS runs fastest for few rows n: measured with H 1024,
 // one thread, float32, 16 rows per expert, 33-49 GFLOP/s against 24-32 for [n,N] = a w^T (and
 // 1.1-2x at 4 and 64 rows; even at 128, slower from 256). One float32 column is a gemv.
+// Float32 only: bfloat16 GEMMs (oneDNN) run 2.5x slower this way at 2 rows, even from 16.
 void WeightTimesOut(at::Tensor& out, const at::Tensor& w, const at::Tensor& b) {
   if (b.size(1) == 1 && b.scalar_type() == at::kFloat) {
     at::Tensor col = out.select(1, 0);
@@ -140,7 +184,7 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
     const at::Tensor tok = d.token.narrow(0, b, n);
     at::Tensor xs = xbuf.narrow(0, 0, n), ys = ybuf.narrow(0, 0, n);
     at::index_select_out(xs, xd, 0, tok);
-    if (!keep && n < kFeatureMajorRows) {
+    if (!keep && n < kFeatureMajorRows && xd.scalar_type() == at::kFloat) {
       // Feature-major: [Ie,n] = W [Ie,H] x^T, then [H,n] = Wd act^T, in the buffers' storage.
       at::Tensor gt = d.g.view({-1}).narrow(0, 0, ie * n).view({ie, n});
       at::Tensor ut = d.u.view({-1}).narrow(0, 0, ie * n).view({ie, n});
@@ -235,8 +279,8 @@ class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
       const at::Tensor wf = w_sorted.narrow(0, b, n).to(at::kFloat).unsqueeze(1);
       const at::Tensor sig = at::sigmoid(gf);
       const at::Tensor a = gf * sig * uf;  // silu(g)*u
-      if (dw.down.defined()) at::mm_out(dw.down, dys.t(), (a * wf).to(dtype));
-      const at::Tensor dz = at::mm(dys, w.down).to(at::kFloat);  // [n,Ie]
+      if (dw.down.defined()) MmOut(dw.down, dys.t(), (a * wf).to(dtype));
+      const at::Tensor dz = MmFloat(dys, w.down);  // [n,Ie]
       if (need_w) {
         at::Tensor dws = dw_sorted.narrow(0, b, n);
         at::sum_out(dws, dz * a, {1});
@@ -248,13 +292,17 @@ class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
       if (need_gate_up) {
         at::Tensor xs = xbuf.narrow(0, 0, n);
         at::index_select_out(xs, x, 0, tok);
-        if (dw.gate.defined()) at::mm_out(dw.gate, dg.t(), xs);
-        if (dw.up.defined()) at::mm_out(dw.up, du.t(), xs);
+        if (dw.gate.defined()) MmOut(dw.gate, dg.t(), xs);
+        if (dw.up.defined()) MmOut(dw.up, du.t(), xs);
       }
       if (need_x) {
         at::Tensor dxs = dxbuf.narrow(0, 0, n);
-        at::mm_out(dxs, dg, w.gate);
-        dxs.addmm_(du, w.up);
+        if (UpcastGemm(dg, w.gate)) {
+          dxs.copy_(at::mm(dg.to(at::kFloat), w.gate.to(at::kFloat)).addmm_(du.to(at::kFloat), w.up.to(at::kFloat)));
+        } else {
+          at::mm_out(dxs, dg, w.gate);
+          dxs.addmm_(du, w.up);
+        }
         dx.index_add_(0, tok, widen ? dxs.to(at::kFloat) : dxs);
       }
     });
