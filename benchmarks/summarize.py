@@ -97,6 +97,33 @@ def baseline_table(table, bench, title):
               f"{r['sparse']['peak'] / 1e6:.1f} | {seed_peak} |")
 
 
+def wins_table(table, bench, title):
+    """Per dtype and T: in how many (E, K) configurations with more than one active expert ours
+    beats each baseline, and the smallest and median speedup."""
+    groups = defaultdict(list)
+    for k in keys(table, bench, lambda k: "sparse" in table[k] and table[k]["sparse"]["active"] > 1):
+        groups[(k[4], k[1])].append(table[k])
+    if not groups:
+        return
+    print(f"\n### {title}: ours against each baseline where more than one expert is active "
+          "(speedup = baseline ms / ours ms over the E x K configurations)\n")
+    print("| dtype | T | configs | faster than seed | min / median vs seed | faster than mixtral | "
+          "min / median vs mixtral | median ours/dense |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for (bf16, t), rs in sorted(groups.items()):
+        cells = []
+        for m in ("seed", "mixtral"):
+            sp = [r[m]["ms"] / r["sparse"]["ms"] for r in rs if m in r]
+            if sp:
+                cells.append(f"{sum(x > 1 for x in sp)}/{len(sp)}")
+                cells.append(f"{min(sp):.2f} / {statistics.median(sp):.2f}")
+            else:
+                cells += ["-", "-"]
+        dense = [r["sparse"]["ms"] / r["dense"]["ms"] for r in rs if "dense" in r]
+        med = f"{statistics.median(dense):.2f}" if dense else "-"
+        print(f"| {dtype(bf16)} | {t} | {len(rs)} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {med} |")
+
+
 def gflops_table(table, bench, title):
     rows = keys(table, bench, lambda k: k[1] >= 256 and "sparse" in table[k])
     if not rows:
@@ -120,6 +147,7 @@ def moe_main(path, data):
           f"load {context.get('load_avg', '?')}); medians of {reps} repetitions; H 1024, E*Ie 4096.")
     for bench, title in (("BM_MoeForward", "Forward"), ("BM_MoeForwardBackward", "Forward+backward")):
         dense_table(table, bench, title)
+        wins_table(table, bench, title)
         baseline_table(table, bench, title)
         gflops_table(table, bench, title)
     return 0

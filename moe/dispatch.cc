@@ -1,6 +1,7 @@
 #include "moe/dispatch.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -22,9 +23,7 @@ at::Tensor SwiGlu(const at::Tensor& x, const at::Tensor& gate, const at::Tensor&
 enum StackIndex { kFrozenGate, kFrozenUp, kFrozenDown, kLearnedGate, kLearnedUp, kLearnedDown };
 using StackList = std::array<at::Tensor, 6>;
 
-struct ExpertWeights {
-  at::Tensor gate, up, down;  // [Ie,H], [Ie,H], [H,Ie]; undefined where the stack is
-};
+using ExpertWeights = ExpertMatrices;  // undefined tensors where a stack is
 
 // Expert e's slices of a stack list (weights, or their gradients).
 ExpertWeights Slices(const StackList& s, int64_t nf, int64_t e) {
@@ -152,10 +151,9 @@ struct Dispatched {
   at::Tensor g, u, w_sorted;        // kept pre-activations [T*K,Ie] (keep only) and sorted weights
 };
 
-Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const at::Tensor& weight,
-                           const StackList& s, bool keep) {
-  const int64_t T = xd.size(0), H = xd.size(1), K = expert.size(1), P = T * K, nf = s[kFrozenGate].size(0);
-  const int64_t E = nf + s[kLearnedGate].size(0), ie = s[kFrozenGate].size(1);
+Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const at::Tensor& weight, int64_t E,
+                           int64_t ie, const std::function<ExpertMatrices(int64_t)>& get, bool keep) {
+  const int64_t T = xd.size(0), H = xd.size(1), K = expert.size(1), P = T * K;
   Dispatched d;
   const at::Tensor flat_expert = expert.reshape({P});
   // Stable sort keeps pairs of one expert in token order, so results do not depend on sort
@@ -180,7 +178,7 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
   d.out = at::zeros({T, H}, xd.options().dtype(widen ? at::kFloat : xd.scalar_type()));
   ForEachSegment(plan, [&](size_t j) {
     const int64_t b = plan.begin[j], n = plan.count[j];
-    const ExpertWeights w = Slices(s, nf, plan.expert[j]);
+    const ExpertMatrices w = get(plan.expert[j]);
     const at::Tensor tok = d.token.narrow(0, b, n);
     at::Tensor xs = xbuf.narrow(0, 0, n), ys = ybuf.narrow(0, 0, n);
     at::index_select_out(xs, xd, 0, tok);
@@ -210,6 +208,10 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
   return d;
 }
 
+std::function<ExpertMatrices(int64_t)> StackGetter(const StackList& s) {
+  return [&s](int64_t e) { return Slices(s, s[kFrozenGate].size(0), e); };
+}
+
 // The fast path as one autograd node with a hand-written backward. Saved for backward: the
 // pre-activation gate and up values of every pair and the routing permutation; hidden states
 // are gathered again instead of saved.
@@ -220,7 +222,8 @@ class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
                             const at::Tensor& fd, const at::Tensor& lg, const at::Tensor& lu,
                             const at::Tensor& ld) {
     const StackList s = {Detached(fg), Detached(fu), Detached(fd), Detached(lg), Detached(lu), Detached(ld)};
-    Dispatched d = DispatchForward(x.detach(), expert, weight, s, /*keep=*/true);
+    Dispatched d = DispatchForward(x.detach(), expert, weight, fg.size(0) + lg.size(0), fg.size(1), StackGetter(s),
+                                   /*keep=*/true);
     ctx->save_for_backward({x, weight, fg, fu, fd, lg, lu, ld});
     ctx->saved_data["order"] = d.order;
     ctx->saved_data["token"] = d.token;
@@ -336,8 +339,17 @@ at::Tensor SparseMoeForward(const at::Tensor& x, const at::Tensor& expert, const
   bool needs_grad = at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad());
   for (const at::Tensor& t : list) needs_grad = needs_grad || (at::GradMode::is_enabled() && t.requires_grad());
   // Inference (no gradient wanted): no autograd node, nothing kept for a backward.
-  if (!needs_grad) return DispatchForward(x, expert, weight, list, /*keep=*/false).out;
+  if (!needs_grad) {
+    return DispatchForward(x, expert, weight, stacks.num_experts(), list[0].size(1), StackGetter(list), /*keep=*/false).out;
+  }
   return SparseMoeFunction::apply(x, expert, weight, list[0], list[1], list[2], list[3], list[4], list[5]);
+}
+
+at::Tensor SparseMoeForwardWith(const at::Tensor& x, const at::Tensor& expert, const at::Tensor& weight,
+                                int64_t num_experts, int64_t expert_intermediate_size,
+                                const std::function<ExpertMatrices(int64_t)>& get) {
+  c10::NoGradGuard no_grad;
+  return DispatchForward(x, expert, weight, num_experts, expert_intermediate_size, get, /*keep=*/false).out;
 }
 
 at::Tensor AllFrozenForward(const at::Tensor& x, const ExpertStacks& s) {

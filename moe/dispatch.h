@@ -22,8 +22,14 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 
 namespace llama_moe {
+
+// One expert's matrices: gate and up [Ie,H], down [H,Ie].
+struct ExpertMatrices {
+  at::Tensor gate, up, down;
+};
 
 struct ExpertStacks {
   at::Tensor frozen_gate, frozen_up, frozen_down;     // [Nf,Ie,H], [Nf,Ie,H], [Nf,H,Ie]
@@ -38,6 +44,14 @@ struct ExpertStacks {
 // x [T,H]; expert [T,K] int64; weight [T,K] float32 -> [T,H] in x's dtype. The fast path.
 at::Tensor SparseMoeForward(const at::Tensor& x, const at::Tensor& expert, const at::Tensor& weight,
                             const ExpertStacks& stacks);
+
+// SparseMoeForward for inference with the experts' matrices from `get`, called once per active
+// expert in ascending expert order, each result used before the next call (so a cache may
+// reuse its slot): the same arithmetic in the same order, so a layer whose experts live
+// elsewhere (moe/expert_offload.h) equals the in-memory layer exactly. No gradients.
+at::Tensor SparseMoeForwardWith(const at::Tensor& x, const at::Tensor& expert, const at::Tensor& weight,
+                                int64_t num_experts, int64_t expert_intermediate_size,
+                                const std::function<ExpertMatrices(int64_t)>& get);
 
 // Every frozen expert on every token with weight 1 (identity mode): one dense SwiGLU over the
 // concatenated slices, which is the dense FFN up to summation order.

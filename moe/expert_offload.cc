@@ -13,6 +13,7 @@
 #include "model/safetensors.h"
 #include "model/safetensors_header.h"
 #include "model/status_macros.h"
+#include "moe/dispatch.h"
 
 namespace llama_moe {
 namespace {
@@ -290,41 +291,14 @@ at::Tensor OffloadedMoeFeedForward::forward(const at::Tensor& x_in) {
   // Issued before this layer's experts run so that an asynchronous copy would overlap them.
   if (next_ != nullptr && experts_->options().prefetch) next_->PrefetchFor(x);
 
-  // The same ops, in the same order, as SparseMoeFunction::forward (moe/dispatch.cc), so that the
-  // result equals the in-memory layer's exactly: stable sort of the (token, slot) pairs by expert,
-  // one gather, per active expert gate/up GEMMs into slices of [P,Ie] buffers, silu(g)*u scaled
-  // by the routing weight, the down GEMM into a [P,H] slice, one index_add back to tokens.
-  const at::Tensor& expert = r.expert;
-  const int64_t T = x.size(0), H = x.size(1), K = expert.size(1), P = T * K;
-  const int64_t E = moe_.num_experts(), ie = moe_.expert_intermediate_size;
-  const at::Tensor flat_expert = expert.reshape({P});
-  const at::Tensor order = std::get<1>(flat_expert.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-  const at::Tensor token = order.div(K, "floor");
-  const at::Tensor counts = at::bincount(flat_expert, /*weights=*/{}, E).to(at::kCPU);
-  const at::Tensor x_sorted = x.index_select(0, token);
-  const at::Tensor w_sorted = r.weight.reshape({P}).index_select(0, order).to(x.scalar_type());
-  const at::Tensor g = at::empty({P, ie}, x.options()), u = at::empty({P, ie}, x.options());
-  const at::Tensor y = at::empty({P, H}, x.options());
-  {
-    c10::InferenceMode guard;
-    const int64_t* c = counts.data_ptr<int64_t>();
-    int64_t b = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t n = c[e];
-      if (n == 0) continue;
-      // Fetched right before use and used before the next fetch, which may reuse its slot.
-      const OffloadedExpert w = experts_->Get(layer_, e);
-      const at::Tensor xs = x_sorted.narrow(0, b, n);
-      at::Tensor gs = g.narrow(0, b, n), us = u.narrow(0, b, n), ys = y.narrow(0, b, n);
-      at::mm_out(gs, xs, w.gate.t());
-      at::mm_out(us, xs, w.up.t());
-      const at::Tensor act = at::silu(gs).mul_(us).mul_(w_sorted.narrow(0, b, n).unsqueeze(1));
-      at::mm_out(ys, act, w.down.t());
-      b += n;
-    }
-  }
-  at::Tensor out = at::zeros({T, H}, x.options());
-  out.index_add_(0, token, y);
+  // The in-memory layer's dispatch with the experts fetched from the cache: equal results.
+  // Each expert is fetched right before use and used before the next fetch, which may reuse
+  // its slot.
+  const at::Tensor out = SparseMoeForwardWith(x, r.expert, r.weight, moe_.num_experts(), moe_.expert_intermediate_size,
+                                              [this](int64_t e) {
+                                                const OffloadedExpert w = experts_->Get(layer_, e);
+                                                return ExpertMatrices{w.gate, w.up, w.down};
+                                              });
   return out.reshape(shape);
 }
 
