@@ -206,9 +206,10 @@ TEST(DispatchTest, RunsInInferenceMode) {
   at::set_num_threads(saved_threads);
 }
 
-TEST(DispatchTest, InferenceAndTrainingForwardsAgreeExactly) {
-  // Without a gradient to take, the dispatch skips the autograd node and its saved buffers; the
-  // arithmetic is the same, so the outputs are identical bit for bit.
+TEST(DispatchTest, InferenceAndTrainingForwardsAgree) {
+  // Without a gradient to take, the dispatch skips the autograd node and its saved buffers. The
+  // arithmetic is the same in bfloat16, so the outputs are identical bit for bit; float32
+  // inference runs small segments' GEMMs feature-major, which a BLAS may sum in another order.
   at::manual_seed(8);
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
     ExpertStacks s = RandomStacks(8, 8, 16, 32, dtype);
@@ -217,7 +218,11 @@ TEST(DispatchTest, InferenceAndTrainingForwardsAgreeExactly) {
     const at::Tensor inference = SparseMoeForward(x, expert, weight, s);
     const at::Tensor training = SparseMoeForward(x.detach().requires_grad_(true), expert, weight, s);
     ASSERT_TRUE(training.requires_grad());
-    EXPECT_TRUE(at::equal(inference, training.detach())) << dtype;
+    if (dtype == at::kBFloat16) {
+      EXPECT_TRUE(at::equal(inference, training.detach()));
+    } else {
+      EXPECT_LT(RelErr(inference, training.detach()), 1e-6);
+    }
   }
 }
 
