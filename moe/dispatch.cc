@@ -156,12 +156,36 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
   const int64_t T = xd.size(0), H = xd.size(1), K = expert.size(1), P = T * K;
   Dispatched d;
   const at::Tensor flat_expert = expert.reshape({P});
-  // Stable sort keeps pairs of one expert in token order, so results do not depend on sort
-  // implementation details.
-  d.order = std::get<1>(flat_expert.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-  d.token = d.order.div(K, "floor");  // [P] source token of each sorted pair
-  // The one host sync: segment sizes drive the per-expert loop.
-  d.counts = at::bincount(flat_expert, /*weights=*/{}, E).to(at::kCPU);
+  if (flat_expert.is_cpu()) {
+    // A counting sort on the host: the same stable order as the device path's sort, without its
+    // five ATen calls (a decode step's whole dispatch is a few hundred microseconds).
+    const at::Tensor ids = flat_expert.to(at::kLong).contiguous();
+    const int64_t* id = ids.data_ptr<int64_t>();
+    d.counts = at::zeros({E}, at::kLong);
+    int64_t* c = d.counts.data_ptr<int64_t>();
+    for (int64_t p = 0; p < P; ++p) {
+      TORCH_CHECK(id[p] >= 0 && id[p] < E, "expert id ", id[p], " out of range [0, ", E, ")");
+      ++c[id[p]];
+    }
+    std::vector<int64_t> next(E, 0);
+    for (int64_t e = 1; e < E; ++e) next[e] = next[e - 1] + c[e - 1];
+    d.order = at::empty({P}, at::kLong);
+    d.token = at::empty({P}, at::kLong);
+    int64_t* order = d.order.data_ptr<int64_t>();
+    int64_t* token = d.token.data_ptr<int64_t>();
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t at_pos = next[id[p]]++;
+      order[at_pos] = p;
+      token[at_pos] = p / K;
+    }
+  } else {
+    // Stable sort keeps pairs of one expert in token order, so results do not depend on sort
+    // implementation details.
+    d.order = std::get<1>(flat_expert.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+    d.token = d.order.div(K, "floor");  // [P] source token of each sorted pair
+    // The one host sync: segment sizes drive the per-expert loop.
+    d.counts = at::bincount(flat_expert, /*weights=*/{}, E).to(at::kCPU);
+  }
   d.w_sorted = weight.detach().reshape({P}).index_select(0, d.order).to(xd.scalar_type());
   const Plan plan = MakePlan(d.counts);
   const int64_t rows = keep ? P : plan.max_count;
@@ -255,7 +279,10 @@ class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
     const at::ScalarType dtype = x.scalar_type();
 
     const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(2);
-    StackList ds;  // gradients of the stacks that need one; untouched experts keep zeros
+    // Gradients of the stacks that need one; untouched experts keep zeros. (Always defined,
+    // even when no expert of a stack was chosen: optimizers and gradient all-reduce expect a
+    // gradient for every trainable tensor.)
+    StackList ds;
     for (int k = 0; k < 6; ++k) {
       if (s[k].defined() && ctx->needs_input_grad(3 + k)) ds[k] = at::zeros_like(s[k]);
     }
