@@ -1,7 +1,7 @@
 // convert: turns a dense Llama 3 model directory into a fine-grained MoE model directory.
 //
-//   bazel run //convert:convert -- --input /models/llama3-8b --output /models/llama3-8b-moe \
-//       [--recipe convert/recipes/default.textproto] [--set 'top_k: 4 router_init: DENSE_PRESERVING']
+//   bazel run //convert:convert -- --input /models/llama3-8b --output /models/llama3-8b-moe
+//       [--recipe convert/recipes/default.textproto] [--set 'top_k: 4 router_init: COMPLEMENTARY']
 //       [--top_k 4] [--seed 1] [--dtype bfloat16] [--overwrite]
 #include <csignal>
 #include <iostream>
