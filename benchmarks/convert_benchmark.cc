@@ -47,6 +47,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "benchmarks/bench_threads.h"
 #include "convert/converter.h"
 #include "convert/recipe.h"
 #include "model/file_util.h"
@@ -65,15 +66,6 @@ constexpr char kDefaultRecipe[] =
 
 enum Recipe { kDefault, kFrozenOnly };
 
-void SetThreads() {
-  // Two intra-op threads (the machine's cores); BENCH_THREADS overrides.
-  static const bool done = [] {
-    const char* threads = std::getenv("BENCH_THREADS");
-    at::set_num_threads(threads != nullptr ? std::atoi(threads) : 2);
-    return true;
-  }();
-  (void)done;
-}
 
 // Bytes of the regular files under `dir`.
 uint64_t DirectoryBytes(const std::string& dir) {
@@ -102,7 +94,7 @@ class Source {
 
  private:
   Source() {
-    SetThreads();
+    SetBenchThreads();
     char tmpl[] = "/tmp/llama-moe-convert-bench-XXXXXX";
     if (mkdtemp(tmpl) == nullptr) {
       error_ = "mkdtemp failed";

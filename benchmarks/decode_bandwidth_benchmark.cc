@@ -55,6 +55,7 @@
 #include <utility>
 #include <vector>
 
+#include "benchmarks/bench_threads.h"
 #include "moe/dispatch.h"
 
 namespace llama_moe {
@@ -70,16 +71,6 @@ constexpr int kReferenceRuns = 5;
 
 enum Method { kSparse, kDense };
 
-void SetThreads() {
-  // Two intra-op threads (the machine's cores); BENCH_THREADS overrides, e.g. 1 on a shared box
-  // where a descheduled OpenMP thread stalls every barrier.
-  static const bool done = [] {
-    const char* threads = std::getenv("BENCH_THREADS");
-    at::set_num_threads(threads != nullptr ? std::atoi(threads) : 2);
-    return true;
-  }();
-  (void)done;
-}
 
 int64_t ElementBytes(int bf16) { return bf16 ? 2 : 4; }
 int64_t ExpertBytes(int bf16) { return 3 * kH * kIe * ElementBytes(bf16); }
@@ -90,7 +81,7 @@ struct CopyBuffers {
 };
 const CopyBuffers& Buffers() {
   static const CopyBuffers b = [] {
-    SetThreads();
+    SetBenchThreads();
     CopyBuffers c;
     const int64_t n = kCopyBytes / 4;
     c.src = at::rand({n}, at::make_generator<at::CPUGeneratorImpl>(1), at::TensorOptions().dtype(at::kFloat));
@@ -176,7 +167,7 @@ const DenseFfn& Dense(int64_t K, int bf16) {
 }
 
 void BM_Copy(benchmark::State& state) {
-  SetThreads();
+  SetBenchThreads();
   c10::InferenceMode no_autograd;
   Buffers();
   for (auto _ : state) CopyOnce();
@@ -187,7 +178,7 @@ void BM_Copy(benchmark::State& state) {
 }
 
 void BM_Read(benchmark::State& state) {
-  SetThreads();
+  SetBenchThreads();
   c10::InferenceMode no_autograd;
   Buffers();
   for (auto _ : state) benchmark::DoNotOptimize(ReadOnce());
@@ -197,7 +188,7 @@ void BM_Read(benchmark::State& state) {
 
 // Args: T tokens, K top-k, bf16 (0 float32, 1 bfloat16).
 void BM_Decode(benchmark::State& state, Method method) {
-  SetThreads();
+  SetBenchThreads();
   const int64_t T = state.range(0), K = state.range(1);
   const int bf16 = int(state.range(2));
   const at::ScalarType dtype = bf16 ? at::kBFloat16 : at::kFloat;

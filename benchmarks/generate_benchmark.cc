@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 
+#include "benchmarks/bench_threads.h"
 #include "model/kv_cache.h"
 #include "model/llama_config.h"
 #include "model/llama_model.h"
@@ -44,10 +45,7 @@ LlamaForCausalLM& Model(int dtype_arg) {
   static std::map<int, std::shared_ptr<LlamaForCausalLM>> models;
   auto& m = models[dtype_arg];
   if (!m) {
-    // Two intra-op threads (the machine's cores); BENCH_THREADS overrides, e.g. 1 on a shared box
-    // where a descheduled OpenMP thread stalls every barrier.
-    const char* threads = std::getenv("BENCH_THREADS");
-    at::set_num_threads(threads != nullptr ? std::atoi(threads) : 2);
+    SetBenchThreads();
     const c10::ScalarType dtype = dtype_arg == 0 ? at::kFloat : at::kBFloat16;
     m = std::make_shared<LlamaForCausalLM>(MidConfig(), at::TensorOptions().dtype(dtype));
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);

@@ -48,6 +48,7 @@
 #include <tuple>
 #include <vector>
 
+#include "benchmarks/bench_threads.h"
 #include "moe/dispatch.h"
 
 namespace llama_moe {
@@ -96,16 +97,6 @@ int64_t PeakBytes(F&& f) {
   return reporter->peak();
 }
 
-void SetThreads() {
-  // Two intra-op threads (the machine's cores); BENCH_THREADS overrides, e.g. 1 on a shared box
-  // where a descheduled OpenMP thread stalls every barrier.
-  static const bool done = [] {
-    const char* threads = std::getenv("BENCH_THREADS");
-    at::set_num_threads(threads != nullptr ? std::atoi(threads) : 2);
-    return true;
-  }();
-  (void)done;
-}
 
 at::Tensor RandomWeight(std::vector<int64_t> shape, at::ScalarType dtype, at::Generator& gen) {
   const double fan_in = double(shape.back());
@@ -140,7 +131,7 @@ struct Inputs {
 };
 
 Inputs MakeInputs(int64_t T, int64_t E, int64_t K, int bf16, Method method) {
-  SetThreads();
+  SetBenchThreads();
   const at::ScalarType dtype = bf16 ? at::kBFloat16 : at::kFloat;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(7 + T * 131 + E * 17 + K);
   Inputs in;
