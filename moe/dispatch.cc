@@ -151,10 +151,57 @@ struct Dispatched {
   at::Tensor g, u, w_sorted;        // kept pre-activations [T*K,Ie] (keep only) and sorted weights
 };
 
+// Inference on one token (a decode step): its K experts in ascending id order with the batched
+// path's arithmetic per expert, but without the routing permutation, the gather of x and the
+// scatter of the output, which at this size cost as much as the GEMVs.
+at::Tensor OneTokenForward(const at::Tensor& xd, const at::Tensor& expert, const at::Tensor& weight, int64_t E,
+                           int64_t ie, const std::function<ExpertMatrices(int64_t)>& get) {
+  const int64_t K = expert.size(1), H = xd.size(1);
+  const at::Tensor ids = expert.reshape({K}).to(at::kLong).contiguous();
+  std::vector<std::pair<int64_t, int64_t>> slots;  // (expert id, slot)
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t e = ids.data_ptr<int64_t>()[k];
+    TORCH_CHECK(e >= 0 && e < E, "expert id ", e, " out of range [0, ", E, ")");
+    slots.emplace_back(e, k);
+  }
+  std::stable_sort(slots.begin(), slots.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  const at::Tensor w = weight.detach().reshape({K}).to(xd.scalar_type());
+  c10::InferenceMode guard;
+  const bool f32 = xd.scalar_type() == at::kFloat;
+  at::Tensor g = at::empty(f32 ? std::vector<int64_t>{ie, 1} : std::vector<int64_t>{1, ie}, xd.options());
+  at::Tensor u = at::empty_like(g);
+  // Row j holds the j-th expert's weighted output; one sum at the end (in float32 for bfloat16,
+  // as the batched path accumulates) instead of an add per expert.
+  at::Tensor ys = at::empty({K, H}, xd.options());
+  for (size_t j = 0; j < slots.size(); ++j) {
+    const auto [e, slot] = slots[j];
+    const ExpertMatrices m = get(e);
+    if (f32) {  // as the batched path's feature-major segments: gemv
+      at::Tensor y = ys.select(0, static_cast<int64_t>(j)).view({H, 1});
+      WeightTimesOut(g, m.gate, xd.t());
+      WeightTimesOut(u, m.up, xd.t());
+      at::silu_(g).mul_(u).mul_(w.narrow(0, slot, 1).unsqueeze(0));
+      WeightTimesOut(y, m.down, g);
+    } else {
+      at::Tensor y = ys.narrow(0, static_cast<int64_t>(j), 1);
+      LinearOut(g, xd, m.gate);
+      LinearOut(u, xd, m.up);
+      at::silu_(g).mul_(u).mul_(w.narrow(0, slot, 1).unsqueeze(1));
+      LinearOut(y, g, m.down);
+    }
+  }
+  if (f32) return ys.sum(0, /*keepdim=*/true);
+  return ys.to(at::kFloat).sum(0, /*keepdim=*/true).to(xd.scalar_type());
+}
+
 Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const at::Tensor& weight, int64_t E,
                            int64_t ie, const std::function<ExpertMatrices(int64_t)>& get, bool keep) {
   const int64_t T = xd.size(0), H = xd.size(1), K = expert.size(1), P = T * K;
   Dispatched d;
+  if (!keep && T == 1 && expert.is_cpu()) {
+    d.out = OneTokenForward(xd, expert, weight, E, ie, get);
+    return d;
+  }
   const at::Tensor flat_expert = expert.reshape({P});
   if (flat_expert.is_cpu()) {
     // A counting sort on the host: the same stable order as the device path's sort, without its

@@ -247,6 +247,22 @@ TEST(DispatchTest, Bfloat16SlicesRoutedWithWeightOneAreAsAccurateAsTheDenseFfn) 
   EXPECT_LT(sparse_err, 1.2 * dense_err) << "dense " << dense_err << " sparse " << sparse_err;
 }
 
+TEST(DispatchTest, OneTokenPathMatchesReference) {
+  // A decode step's single token takes its own inference path (no permutation, gather or
+  // scatter); the same checks as the batched path.
+  at::manual_seed(10);
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    ExpertStacks s = RandomStacks(8, 8, 16, 32, dtype);
+    for (int64_t K : {1, 2, 8}) {
+      auto [expert, weight] = RandomRoute(1, 16, K);
+      const at::Tensor x = at::randn({1, 32}).to(dtype);
+      EXPECT_LT(RelErr(SparseMoeForward(x, expert, weight, s), ReferenceMoeForward(x, expert, weight, s)),
+                dtype == at::kFloat ? 1e-5 : 1.6e-2)
+          << dtype << " K " << K;
+    }
+  }
+}
+
 TEST(DispatchTest, UnselectedExpertsAreNeverComputed) {
   // Poison an expert nobody selects: the sparse path must not touch it (NaN would propagate).
   at::manual_seed(4);
