@@ -151,6 +151,26 @@ struct Dispatched {
   at::Tensor g, u, w_sorted;        // kept pre-activations [T*K,Ie] (keep only) and sorted weights
 };
 
+// One expert's weighted SwiGLU on rows xs [n,H] with routing weights w [n], into preallocated
+// buffers. Feature-major (float32 inference, see WeightTimesOut): g, u [Ie,n] and y [H,n];
+// row-major: g, u [n,Ie] and y [n,H]. With keep the pre-activations g and u survive (saved for
+// backward); otherwise g becomes the activation in place.
+void ExpertSwiGluInto(const ExpertMatrices& m, const at::Tensor& xs, const at::Tensor& w, bool feature_major,
+                      bool keep, at::Tensor& g, at::Tensor& u, at::Tensor& y) {
+  if (feature_major) {
+    WeightTimesOut(g, m.gate, xs.t());
+    WeightTimesOut(u, m.up, xs.t());
+    at::silu_(g).mul_(u).mul_(w.unsqueeze(0));
+    WeightTimesOut(y, m.down, g);
+    return;
+  }
+  LinearOut(g, xs, m.gate);
+  LinearOut(u, xs, m.up);
+  at::Tensor act = keep ? at::silu(g) : at::silu_(g);
+  act.mul_(u).mul_(w.unsqueeze(1));
+  LinearOut(y, act, m.down);
+}
+
 // Inference on one token (a decode step): its K experts in ascending id order with the batched
 // path's arithmetic per expert, but without the routing permutation, the gather of x and the
 // scatter of the output, which at this size cost as much as the GEMVs.
@@ -175,20 +195,9 @@ at::Tensor OneTokenForward(const at::Tensor& xd, const at::Tensor& expert, const
   at::Tensor ys = at::empty({K, H}, xd.options());
   for (size_t j = 0; j < slots.size(); ++j) {
     const auto [e, slot] = slots[j];
-    const ExpertMatrices m = get(e);
-    if (f32) {  // as the batched path's feature-major segments: gemv
-      at::Tensor y = ys.select(0, static_cast<int64_t>(j)).view({H, 1});
-      WeightTimesOut(g, m.gate, xd.t());
-      WeightTimesOut(u, m.up, xd.t());
-      at::silu_(g).mul_(u).mul_(w.narrow(0, slot, 1).unsqueeze(0));
-      WeightTimesOut(y, m.down, g);
-    } else {
-      at::Tensor y = ys.narrow(0, static_cast<int64_t>(j), 1);
-      LinearOut(g, xd, m.gate);
-      LinearOut(u, xd, m.up);
-      at::silu_(g).mul_(u).mul_(w.narrow(0, slot, 1).unsqueeze(1));
-      LinearOut(y, g, m.down);
-    }
+    // As the batched path's segments of one row: feature-major (gemv) in float32.
+    at::Tensor y = f32 ? ys.select(0, static_cast<int64_t>(j)).view({H, 1}) : ys.narrow(0, static_cast<int64_t>(j), 1);
+    ExpertSwiGluInto(get(e), xd, w.narrow(0, slot, 1), f32, /*keep=*/false, g, u, y);
   }
   if (f32) return ys.sum(0, /*keepdim=*/true);
   return ys.to(at::kFloat).sum(0, /*keepdim=*/true).to(xd.scalar_type());
@@ -253,25 +262,18 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
     const at::Tensor tok = d.token.narrow(0, b, n);
     at::Tensor xs = xbuf.narrow(0, 0, n), ys = ybuf.narrow(0, 0, n);
     at::index_select_out(xs, xd, 0, tok);
+    const at::Tensor ws = d.w_sorted.narrow(0, b, n);
     if (!keep && n < kFeatureMajorRows && xd.scalar_type() == at::kFloat) {
       // Feature-major: [Ie,n] = W [Ie,H] x^T, then [H,n] = Wd act^T, in the buffers' storage.
       at::Tensor gt = d.g.view({-1}).narrow(0, 0, ie * n).view({ie, n});
       at::Tensor ut = d.u.view({-1}).narrow(0, 0, ie * n).view({ie, n});
       at::Tensor yt = ybuf.view({-1}).narrow(0, 0, H * n).view({H, n});
-      WeightTimesOut(gt, w.gate, xs.t());
-      WeightTimesOut(ut, w.up, xs.t());
-      at::silu_(gt).mul_(ut).mul_(d.w_sorted.narrow(0, b, n).unsqueeze(0));
-      WeightTimesOut(yt, w.down, gt);
+      ExpertSwiGluInto(w, xs, ws, /*feature_major=*/true, keep, gt, ut, yt);
       d.out.index_add_(0, tok, yt.t());  // float32: no widening
       return;
     }
     at::Tensor gs = d.g.narrow(0, keep ? b : 0, n), us = d.u.narrow(0, keep ? b : 0, n);
-    LinearOut(gs, xs, w.gate);
-    LinearOut(us, xs, w.up);
-    // In inference the gate buffer becomes the activation in place; in training it is saved.
-    at::Tensor act = keep ? at::silu(gs) : at::silu_(gs);
-    act.mul_(us).mul_(d.w_sorted.narrow(0, b, n).unsqueeze(1));
-    LinearOut(ys, act, w.down);
+    ExpertSwiGluInto(w, xs, ws, /*feature_major=*/false, keep, gs, us, ys);
     d.out.index_add_(0, tok, widen ? ys.to(at::kFloat) : ys);
   });
   if (widen) d.out = d.out.to(xd.scalar_type());
