@@ -47,7 +47,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "benchmarks/bench_threads.h"
+#include "benchmarks/bench_util.h"
 #include "convert/converter.h"
 #include "convert/recipe.h"
 #include "model/file_util.h"

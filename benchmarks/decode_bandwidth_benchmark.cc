@@ -55,7 +55,7 @@
 #include <utility>
 #include <vector>
 
-#include "benchmarks/bench_threads.h"
+#include "benchmarks/bench_util.h"
 #include "moe/dispatch.h"
 
 namespace llama_moe {
@@ -127,10 +127,6 @@ double ReadBandwidth() {
   return bw;
 }
 
-at::Tensor RandomWeight(std::vector<int64_t> shape, at::ScalarType dtype, at::Generator& gen) {
-  const double fan_in = double(shape.back());
-  return (at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat)) / std::sqrt(fan_in)).to(dtype);
-}
 
 // One expert bank per dtype, built once: 8 frozen and 8 learned experts.
 const ExpertStacks& Stacks(int bf16) {
@@ -139,14 +135,7 @@ const ExpertStacks& Stacks(int bf16) {
   if (it != cache.end()) return it->second;
   const at::ScalarType dtype = bf16 ? at::kBFloat16 : at::kFloat;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(100 + bf16);
-  ExpertStacks s;
-  s.frozen_gate = RandomWeight({kFrozen, kIe, kH}, dtype, gen);
-  s.frozen_up = RandomWeight({kFrozen, kIe, kH}, dtype, gen);
-  s.frozen_down = RandomWeight({kFrozen, kH, kIe}, dtype, gen);
-  s.learned_gate = RandomWeight({kLearned, kIe, kH}, dtype, gen);
-  s.learned_up = RandomWeight({kLearned, kIe, kH}, dtype, gen);
-  s.learned_down = RandomWeight({kLearned, kH, kIe}, dtype, gen);
-  return cache.emplace(bf16, std::move(s)).first->second;
+  return cache.emplace(bf16, RandomExpertStacks(kFrozen, kLearned, kIe, kH, dtype, gen)).first->second;
 }
 
 // The dense baseline's weights per (K, dtype), built once: gate/up [K*Ie,H], down [H,K*Ie].

@@ -16,7 +16,7 @@
 #include <map>
 #include <memory>
 
-#include "benchmarks/bench_threads.h"
+#include "benchmarks/bench_util.h"
 #include "model/kv_cache.h"
 #include "model/llama_config.h"
 #include "model/llama_model.h"

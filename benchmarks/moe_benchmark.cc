@@ -48,7 +48,7 @@
 #include <tuple>
 #include <vector>
 
-#include "benchmarks/bench_threads.h"
+#include "benchmarks/bench_util.h"
 #include "moe/dispatch.h"
 
 namespace llama_moe {
@@ -98,10 +98,6 @@ int64_t PeakBytes(F&& f) {
 }
 
 
-at::Tensor RandomWeight(std::vector<int64_t> shape, at::ScalarType dtype, at::Generator& gen) {
-  const double fan_in = double(shape.back());
-  return (at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat)) / std::sqrt(fan_in)).to(dtype);
-}
 
 // One expert bank per (E, dtype), built once: E/2 frozen and E/2 learned experts.
 const ExpertStacks& Stacks(int64_t E, int bf16) {
@@ -111,14 +107,7 @@ const ExpertStacks& Stacks(int64_t E, int bf16) {
   const at::ScalarType dtype = bf16 ? at::kBFloat16 : at::kFloat;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(100 + E);
   const int64_t ie = kITotal / E, nf = E / 2, nl = E - nf;
-  ExpertStacks s;
-  s.frozen_gate = RandomWeight({nf, ie, kH}, dtype, gen);
-  s.frozen_up = RandomWeight({nf, ie, kH}, dtype, gen);
-  s.frozen_down = RandomWeight({nf, kH, ie}, dtype, gen);
-  s.learned_gate = RandomWeight({nl, ie, kH}, dtype, gen);
-  s.learned_up = RandomWeight({nl, ie, kH}, dtype, gen);
-  s.learned_down = RandomWeight({nl, kH, ie}, dtype, gen);
-  return cache.emplace(std::make_pair(E, bf16), std::move(s)).first->second;
+  return cache.emplace(std::make_pair(E, bf16), RandomExpertStacks(nf, nl, ie, kH, dtype, gen)).first->second;
 }
 
 struct Inputs {
