@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "moe/expert_kernels.h"
+
 namespace llama_moe {
 namespace {
 
@@ -171,13 +173,18 @@ void ExpertSwiGluInto(const ExpertMatrices& m, const at::Tensor& xs, const at::T
   LinearOut(y, act, m.down);
 }
 
-// Inference on one token (a decode step): its K experts in ascending id order with the batched
-// path's arithmetic per expert, but without the routing permutation, the gather of x and the
-// scatter of the output, which at this size cost as much as the GEMVs.
+// Inference on one token (a decode step): its K experts in ascending id order through the
+// hand-written kernel (moe/expert_kernels.h), without the routing permutation, the gather of x
+// and the scatter of the output, and with no ATen call per expert. The output is summed over
+// experts in float32 and rounded once to x's dtype. For float32 and bfloat16 on the CPU; other
+// cases return an undefined tensor and take the batched path.
 at::Tensor OneTokenForward(const at::Tensor& xd, const at::Tensor& expert, const at::Tensor& weight, int64_t E,
                            int64_t ie, const std::function<ExpertMatrices(int64_t)>& get) {
+  const at::ScalarType dtype = xd.scalar_type();
+  if (!xd.is_cpu() || !expert.is_cpu() || (dtype != at::kFloat && dtype != at::kBFloat16)) return {};
   const int64_t K = expert.size(1), H = xd.size(1);
   const at::Tensor ids = expert.reshape({K}).to(at::kLong).contiguous();
+  const at::Tensor wk = weight.detach().reshape({K}).to(at::kCPU, at::kFloat).contiguous();
   std::vector<std::pair<int64_t, int64_t>> slots;  // (expert id, slot)
   for (int64_t k = 0; k < K; ++k) {
     const int64_t e = ids.data_ptr<int64_t>()[k];
@@ -185,31 +192,42 @@ at::Tensor OneTokenForward(const at::Tensor& xd, const at::Tensor& expert, const
     slots.emplace_back(e, k);
   }
   std::stable_sort(slots.begin(), slots.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  const at::Tensor w = weight.detach().reshape({K}).to(xd.scalar_type());
   c10::InferenceMode guard;
-  const bool f32 = xd.scalar_type() == at::kFloat;
-  at::Tensor g = at::empty(f32 ? std::vector<int64_t>{ie, 1} : std::vector<int64_t>{1, ie}, xd.options());
-  at::Tensor u = at::empty_like(g);
-  // Row j holds the j-th expert's weighted output; one sum at the end (in float32 for bfloat16,
-  // as the batched path accumulates) instead of an add per expert.
-  at::Tensor ys = at::empty({K, H}, xd.options());
-  for (size_t j = 0; j < slots.size(); ++j) {
-    const auto [e, slot] = slots[j];
-    // As the batched path's segments of one row: feature-major (gemv) in float32.
-    at::Tensor y = f32 ? ys.select(0, static_cast<int64_t>(j)).view({H, 1}) : ys.narrow(0, static_cast<int64_t>(j), 1);
-    ExpertSwiGluInto(get(e), xd, w.narrow(0, slot, 1), f32, /*keep=*/false, g, u, y);
+  const at::Tensor x32 = xd.reshape({H}).to(at::kFloat).contiguous();
+  at::Tensor y = at::zeros({1, H}, xd.options().dtype(at::kFloat));
+  at::Tensor scratch = at::empty({2 * ie}, xd.options().dtype(at::kFloat));
+  const KernelIsa isa = BestKernelIsa();
+  for (const auto& [e, slot] : slots) {
+    const ExpertMatrices m = get(e);
+    // Weights a cache hands out are usually contiguous views; anything else is copied once.
+    const at::Tensor g = m.gate.contiguous(), u = m.up.contiguous(), d = m.down.contiguous();
+    for (const at::Tensor* t : {&g, &u, &d}) {
+      TORCH_CHECK(t->is_cpu() && t->scalar_type() == dtype, "expert ", e, ": weights are ", t->toString(),
+                  ", the hidden states ", xd.toString());
+    }
+    TORCH_CHECK(g.sizes() == at::IntArrayRef({ie, H}) && u.sizes() == g.sizes() && d.sizes() == at::IntArrayRef({H, ie}),
+                "expert ", e, ": gate/up/down of shape ", g.sizes(), "/", u.sizes(), "/", d.sizes(), ", expected [",
+                ie, ",", H, "] and [", H, ",", ie, "]");
+    const float w = wk.data_ptr<float>()[slot];
+    if (dtype == at::kFloat) {
+      OneTokenSwiGluAccumulate(g.data_ptr<float>(), u.data_ptr<float>(), d.data_ptr<float>(), H, ie,
+                               x32.data_ptr<float>(), w, scratch.data_ptr<float>(), y.data_ptr<float>(), isa);
+    } else {
+      auto bits = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); };
+      OneTokenSwiGluAccumulate(bits(g), bits(u), bits(d), H, ie, x32.data_ptr<float>(), w,
+                               scratch.data_ptr<float>(), y.data_ptr<float>(), isa);
+    }
   }
-  if (f32) return ys.sum(0, /*keepdim=*/true);
-  return ys.to(at::kFloat).sum(0, /*keepdim=*/true).to(xd.scalar_type());
+  return dtype == at::kFloat ? y : y.to(dtype);
 }
 
 Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const at::Tensor& weight, int64_t E,
                            int64_t ie, const std::function<ExpertMatrices(int64_t)>& get, bool keep) {
   const int64_t T = xd.size(0), H = xd.size(1), K = expert.size(1), P = T * K;
   Dispatched d;
-  if (!keep && T == 1 && expert.is_cpu()) {
+  if (!keep && T == 1) {
     d.out = OneTokenForward(xd, expert, weight, E, ie, get);
-    return d;
+    if (d.out.defined()) return d;
   }
   const at::Tensor flat_expert = expert.reshape({P});
   if (flat_expert.is_cpu()) {
