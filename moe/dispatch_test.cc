@@ -263,6 +263,24 @@ TEST(DispatchTest, OneTokenPathMatchesReference) {
   }
 }
 
+TEST(DispatchTest, KernelAndGemmSegmentsInOneCallMatchReference) {
+  // Inference sends small segments through the hand-written kernel and large ones through
+  // GEMMs: expert 0 takes all 48 tokens (a GEMM segment), the other 7 share the second slot
+  // (about 7 rows each, kernel segments). H 72 and Ie 40 leave vector tails in the kernel.
+  at::manual_seed(12);
+  const int64_t T = 48, H = 72, ie = 40;
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    ExpertStacks s = RandomStacks(4, 4, ie, H, dtype);
+    const at::Tensor expert = at::stack({at::zeros({T}, at::kLong), at::randint(1, 8, {T}, at::kLong)}, 1);
+    const at::Tensor weight = at::rand({T, 2}) + 0.1;
+    const at::Tensor x = at::randn({T, H}).to(dtype);
+    c10::InferenceMode inference;
+    EXPECT_LT(RelErr(SparseMoeForward(x, expert, weight, s), ReferenceMoeForward(x, expert, weight, s)),
+              dtype == at::kFloat ? 1e-5 : 1.6e-2)
+        << dtype;
+  }
+}
+
 TEST(DispatchTest, UnselectedExpertsAreNeverComputed) {
   // Poison an expert nobody selects: the sparse path must not touch it (NaN would propagate).
   at::manual_seed(4);

@@ -22,28 +22,33 @@ inline float ToFloat(uint16_t bits) {  // bfloat16 is the top half of a float32
   return f;
 }
 
-// Dot products of a weight row with one (Dot) or, sharing the loads of v, two rows (DotPair).
-// Four partial sums, as the vector forms keep several accumulators.
-template <typename W>
-float DotPortable(const W* w, const float* v, int64_t n) {
-  float s[4] = {0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    for (int k = 0; k < 4; ++k) s[k] += ToFloat(w[i + k]) * v[i + k];
-  }
-  for (; i < n; ++i) s[0] += ToFloat(w[i]) * v[i];
-  return (s[0] + s[1]) + (s[2] + s[3]);
+// Dot products of R weight rows with NT token vectors, out[r*NT + t] = rows[r] · v[t]. Each
+// loaded piece of a weight row is used for all NT tokens. U independent accumulators per
+// (row, token) pair keep the FMA pipeline busy when the tile is small (a decode step's single
+// token): with R*NT*U >= 8 chains, FMA latency is hidden.
+template <int R, int NT>
+constexpr int Unroll() {
+  return R * NT >= 8 ? 1 : 8 / (R * NT);
 }
 
-template <typename W>
-void DotPairPortable(const W* a, const W* b, const float* v, int64_t n, float* da, float* db) {
-  *da = DotPortable(a, v, n);
-  *db = DotPortable(b, v, n);
+template <typename W, int R, int NT>
+void DotTilePortable(const W* const* rows, const float* const* v, int64_t len, float* out) {
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < NT; ++t) {
+      float s[4] = {0, 0, 0, 0};
+      int64_t i = 0;
+      for (; i + 4 <= len; i += 4) {
+        for (int k = 0; k < 4; ++k) s[k] += ToFloat(rows[r][i + k]) * v[t][i + k];
+      }
+      for (; i < len; ++i) s[0] += ToFloat(rows[r][i]) * v[t][i];
+      out[r * NT + t] = (s[0] + s[1]) + (s[2] + s[3]);
+    }
+  }
 }
 
 #ifdef LLAMA_MOE_HAVE_AVX2_KERNELS
 // Compiled for AVX2+FMA by attribute (the rest of the build stays baseline x86-64) and called
-// only after BestKernelIsa/CpuSupports checked the CPU.
+// only after BestKernelIsa checked the CPU.
 #define LLAMA_MOE_AVX2 __attribute__((target("avx2,fma")))
 
 LLAMA_MOE_AVX2 inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
@@ -58,74 +63,124 @@ LLAMA_MOE_AVX2 inline float HorizontalSum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-template <typename W>
-LLAMA_MOE_AVX2 float DotAvx2(const W* w, const float* v, int64_t n) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+template <typename W, int R, int NT>
+LLAMA_MOE_AVX2 void DotTileAvx2(const W* const* rows, const float* const* v, int64_t len, float* out) {
+  constexpr int U = Unroll<R, NT>();
+  __m256 acc[U][R][NT];
+#pragma GCC unroll 8
+  for (int u = 0; u < U; ++u) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) acc[u][r][t] = _mm256_setzero_ps();
+    }
+  }
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    a0 = _mm256_fmadd_ps(Load8(w + i), _mm256_loadu_ps(v + i), a0);
-    a1 = _mm256_fmadd_ps(Load8(w + i + 8), _mm256_loadu_ps(v + i + 8), a1);
-    a2 = _mm256_fmadd_ps(Load8(w + i + 16), _mm256_loadu_ps(v + i + 16), a2);
-    a3 = _mm256_fmadd_ps(Load8(w + i + 24), _mm256_loadu_ps(v + i + 24), a3);
+  for (; i + 8 * U <= len; i += 8 * U) {
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) {
+      __m256 wv[R];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) wv[r] = Load8(rows[r] + i + 8 * u);
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) {
+        const __m256 xv = _mm256_loadu_ps(v[t] + i + 8 * u);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) acc[u][r][t] = _mm256_fmadd_ps(wv[r], xv, acc[u][r][t]);
+      }
+    }
   }
-  for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(Load8(w + i), _mm256_loadu_ps(v + i), a0);
-  float s = HorizontalSum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-  for (; i < n; ++i) s += ToFloat(w[i]) * v[i];
-  return s;
-}
-
-template <typename W>
-LLAMA_MOE_AVX2 void DotPairAvx2(const W* a, const W* b, const float* v, int64_t n, float* da, float* db) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m256 v0 = _mm256_loadu_ps(v + i), v1 = _mm256_loadu_ps(v + i + 8);
-    a0 = _mm256_fmadd_ps(Load8(a + i), v0, a0);
-    b0 = _mm256_fmadd_ps(Load8(b + i), v0, b0);
-    a1 = _mm256_fmadd_ps(Load8(a + i + 8), v1, a1);
-    b1 = _mm256_fmadd_ps(Load8(b + i + 8), v1, b1);
+  for (; i + 8 <= len; i += 8) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = Load8(rows[r] + i);
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) acc[0][r][t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v[t] + i), acc[0][r][t]);
+    }
   }
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v0 = _mm256_loadu_ps(v + i);
-    a0 = _mm256_fmadd_ps(Load8(a + i), v0, a0);
-    b0 = _mm256_fmadd_ps(Load8(b + i), v0, b0);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      __m256 a = acc[0][r][t];
+#pragma GCC unroll 8
+      for (int u = 1; u < U; ++u) a = _mm256_add_ps(a, acc[u][r][t]);
+      float s = HorizontalSum(a);
+      for (int64_t j = i; j < len; ++j) s += ToFloat(rows[r][j]) * v[t][j];
+      out[r * NT + t] = s;
+    }
   }
-  float sa = HorizontalSum(_mm256_add_ps(a0, a1)), sb = HorizontalSum(_mm256_add_ps(b0, b1));
-  for (; i < n; ++i) {
-    sa += ToFloat(a[i]) * v[i];
-    sb += ToFloat(b[i]) * v[i];
-  }
-  *da = sa;
-  *db = sb;
 }
 #endif  // LLAMA_MOE_HAVE_AVX2_KERNELS
+
+// Tokens per register tile: 2 weight rows x 4 tokens is 8 accumulators, plus the loaded rows
+// and token pieces, within AVX2's 16 registers.
+constexpr int kMaxTileTokens = 4;
+
+template <typename W>
+using DotTileFn = void (*)(const W* const*, const float* const*, int64_t, float*);
+
+// The tile functions for R rows, indexed by the tile's token count (1..4).
+template <typename W, int R>
+struct TileTable {
+  DotTileFn<W> fn[kMaxTileTokens + 1];
+};
+
+template <typename W, int R>
+TileTable<W, R> Tiles(KernelIsa isa) {
+#ifdef LLAMA_MOE_HAVE_AVX2_KERNELS
+  if (isa == KernelIsa::kAvx2Fma && BestKernelIsa() == KernelIsa::kAvx2Fma) {  // never on a CPU without it
+    return {{nullptr, &DotTileAvx2<W, R, 1>, &DotTileAvx2<W, R, 2>, &DotTileAvx2<W, R, 3>, &DotTileAvx2<W, R, 4>}};
+  }
+#endif
+  return {{nullptr, &DotTilePortable<W, R, 1>, &DotTilePortable<W, R, 2>, &DotTilePortable<W, R, 3>,
+           &DotTilePortable<W, R, 4>}};
+}
 
 // Rows per parallel chunk: at least ~32K weights, so that a chunk's reads dwarf the cost of
 // handing it to a thread.
 int64_t Grain(int64_t row_length) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_length)); }
 
 template <typename W>
-void OneToken(const W* gate, const W* up, const W* down, int64_t H, int64_t Ie, const float* x, float w,
-              float* scratch, float* y, KernelIsa isa) {
-  using DotFn = float (*)(const W*, const float*, int64_t);
-  using DotPairFn = void (*)(const W*, const W*, const float*, int64_t, float*, float*);
-  DotFn dot = &DotPortable<W>;
-  DotPairFn dot_pair = &DotPairPortable<W>;
-#ifdef LLAMA_MOE_HAVE_AVX2_KERNELS
-  if (isa == KernelIsa::kAvx2Fma && BestKernelIsa() == KernelIsa::kAvx2Fma) {  // never on a CPU without it
-    dot = &DotAvx2<W>;
-    dot_pair = &DotPairAvx2<W>;
-  }
-#endif
-  float* g = scratch;
-  float* u = scratch + Ie;
+void SwiGluTokens(const W* gate, const W* up, const W* down, int64_t H, int64_t Ie, int64_t n,
+                  const float* const* x_rows, const float* w, float* scratch, float* const* y_rows, KernelIsa isa) {
+  const TileTable<W, 2> pair = Tiles<W, 2>(isa);
+  const TileTable<W, 1> single = Tiles<W, 1>(isa);
+  float* g = scratch;           // [n][Ie], then the weighted activation
+  float* u = scratch + n * Ie;  // [n][Ie]
+  // Gate and up rows r of all n tokens, the two weight rows read together.
   at::parallel_for(0, Ie, Grain(2 * H), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) dot_pair(gate + r * H, up + r * H, x, H, g + r, u + r);
+    float out[2 * kMaxTileTokens];
+    for (int64_t r = begin; r < end; ++r) {
+      const W* rows[2] = {gate + r * H, up + r * H};
+      for (int64_t t0 = 0; t0 < n; t0 += kMaxTileTokens) {
+        const int nt = static_cast<int>(std::min<int64_t>(kMaxTileTokens, n - t0));
+        pair.fn[nt](rows, x_rows + t0, H, out);
+        for (int t = 0; t < nt; ++t) {
+          g[(t0 + t) * Ie + r] = out[t];
+          u[(t0 + t) * Ie + r] = out[nt + t];
+        }
+      }
+    }
   });
   // a = w * silu(g) * u, the routing weight folded in before the down projection.
-  for (int64_t r = 0; r < Ie; ++r) g[r] = w * (g[r] / (1.0f + std::exp(-g[r]))) * u[r];
+  for (int64_t t = 0; t < n; ++t) {
+    float* gt = g + t * Ie;
+    const float* ut = u + t * Ie;
+    for (int64_t r = 0; r < Ie; ++r) gt[r] = w[t] * (gt[r] / (1.0f + std::exp(-gt[r]))) * ut[r];
+  }
   at::parallel_for(0, H, Grain(Ie), [&](int64_t begin, int64_t end) {
-    for (int64_t h = begin; h < end; ++h) y[h] += dot(down + h * Ie, g, Ie);
+    float out[kMaxTileTokens];
+    const float* a[kMaxTileTokens];
+    for (int64_t h = begin; h < end; ++h) {
+      const W* row = down + h * Ie;
+      for (int64_t t0 = 0; t0 < n; t0 += kMaxTileTokens) {
+        const int nt = static_cast<int>(std::min<int64_t>(kMaxTileTokens, n - t0));
+        for (int t = 0; t < nt; ++t) a[t] = g + (t0 + t) * Ie;
+        single.fn[nt](&row, a, Ie, out);
+        for (int t = 0; t < nt; ++t) y_rows[t0 + t][h] += out[t];
+      }
+    }
   });
 }
 
@@ -150,14 +205,15 @@ KernelIsa BestKernelIsa() {
   return best;
 }
 
-void OneTokenSwiGluAccumulate(const float* gate, const float* up, const float* down, int64_t H, int64_t Ie,
-                              const float* x, float w, float* scratch, float* y, KernelIsa isa) {
-  OneToken(gate, up, down, H, Ie, x, w, scratch, y, isa);
+void SwiGluAccumulate(const float* gate, const float* up, const float* down, int64_t H, int64_t Ie, int64_t n,
+                      const float* const* x_rows, const float* w, float* scratch, float* const* y_rows, KernelIsa isa) {
+  SwiGluTokens(gate, up, down, H, Ie, n, x_rows, w, scratch, y_rows, isa);
 }
 
-void OneTokenSwiGluAccumulate(const uint16_t* gate, const uint16_t* up, const uint16_t* down, int64_t H,
-                              int64_t Ie, const float* x, float w, float* scratch, float* y, KernelIsa isa) {
-  OneToken(gate, up, down, H, Ie, x, w, scratch, y, isa);
+void SwiGluAccumulate(const uint16_t* gate, const uint16_t* up, const uint16_t* down, int64_t H, int64_t Ie,
+                      int64_t n, const float* const* x_rows, const float* w, float* scratch, float* const* y_rows,
+                      KernelIsa isa) {
+  SwiGluTokens(gate, up, down, H, Ie, n, x_rows, w, scratch, y_rows, isa);
 }
 
 }  // namespace llama_moe

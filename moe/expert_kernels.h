@@ -1,12 +1,14 @@
-// Hand-written CPU kernel for one token through one expert (a decode step's work), used by the
-// dispatch's one-token inference path.
+// Hand-written CPU kernel for a few tokens through one expert (a decode step's work, or an
+// expert's small share of a short batch), used by the dispatch's inference path.
 //
 // Why not ATen: at one token an expert is three matrix-vector products over weights that are
 // read once, so the step is bound by memory bandwidth, and the dozen ATen calls per expert
 // (slices, three GEMV/GEMMs, silu, two multiplies, views, the sum over experts) cost as much as
-// the reads for experts of a few MB. This kernel reads each weight row once, keeps the
-// intermediate activations and the output in float32 (a bfloat16 model rounds once, at the end
-// of the layer, as the dense FFN's GEMM does) and makes no allocation.
+// the reads for experts of a few MB. At a few tokens per expert, GEMM libraries copy (pack)
+// each weight matrix before multiplying, which for a weight used by a handful of rows costs
+// more than the multiply. This kernel reads each weight row once, keeps the intermediate
+// activations and the output in float32 (a bfloat16 model rounds once, at the end of the
+// layer, as the dense FFN's GEMM does) and makes no allocation.
 //
 // The reference is the batched path (moe/dispatch.cc) and ReferenceMoeForward; the portable and
 // AVX2 forms of the kernel are tested against each other and against ATen
@@ -28,15 +30,21 @@ KernelIsa BestKernelIsa();
 // Whether this CPU can run `isa`.
 bool CpuSupports(KernelIsa isa);
 
-// y[H] += w * down · (silu(gate · x) ⊙ (up · x)) for one token x [H] and one expert with
-// row-major contiguous weights gate, up [Ie,H] and down [H,Ie]: float32 (`float`) or bfloat16
-// (`uint16_t`, the raw bits). x, y and all arithmetic are float32; scratch holds 2*Ie floats.
-// Rows are split over ATen's intra-op threads, each row's dot product computed by one thread
-// in a fixed order, so the result does not depend on the thread count.
-void OneTokenSwiGluAccumulate(const float* gate, const float* up, const float* down, int64_t H, int64_t Ie,
-                              const float* x, float w, float* scratch, float* y, KernelIsa isa);
-void OneTokenSwiGluAccumulate(const uint16_t* gate, const uint16_t* up, const uint16_t* down, int64_t H,
-                              int64_t Ie, const float* x, float w, float* scratch, float* y, KernelIsa isa);
+// For n tokens through one expert, each token t's row accumulated:
+//   y_t[H] += w[t] * down · (silu(gate · x_t) ⊙ (up · x_t))
+// with row-major contiguous weights gate, up [Ie,H] and down [H,Ie] in float32 (`float`) or
+// bfloat16 (`uint16_t`, the raw bits). x_t (at x_rows[t]) and y_t (at y_rows[t], distinct rows)
+// are float32 [H], as is all arithmetic; scratch holds 2*n*Ie floats. Each weight row is read
+// once for all n tokens (up to 4 tokens share a register tile), so the kernel suits the small
+// segments of decode steps and short batches, where a GEMM library spends more time packing
+// the weights than multiplying. Rows are split over ATen's intra-op threads and each (row,
+// token) dot product is computed by one thread in a fixed order: the result does not depend on
+// the thread count.
+void SwiGluAccumulate(const float* gate, const float* up, const float* down, int64_t H, int64_t Ie, int64_t n,
+                      const float* const* x_rows, const float* w, float* scratch, float* const* y_rows, KernelIsa isa);
+void SwiGluAccumulate(const uint16_t* gate, const uint16_t* up, const uint16_t* down, int64_t H, int64_t Ie,
+                      int64_t n, const float* const* x_rows, const float* w, float* scratch, float* const* y_rows,
+                      KernelIsa isa);
 
 }  // namespace llama_moe
 
