@@ -80,19 +80,29 @@ void ForEachSegment(const Plan& p, const F& fn) {
 // GEMM's O(M*N*K); smaller GEMMs, mostly weight streaming, stay in bfloat16.
 constexpr int64_t kUpcastMin = 32;
 
-bool CpuHasFastBf16Gemm() {
-  static const bool fast = [] {
+// The CPU's bfloat16 matrix units, as /proc/cpuinfo lists them (oneDNN uses the same ones).
+struct CpuBf16Units {
+  bool avx512_bf16 = false, amx = false;
+};
+
+const CpuBf16Units& Bf16Units() {
+  static const CpuBf16Units units = [] {
+    CpuBf16Units u;
     std::ifstream cpuinfo("/proc/cpuinfo");
     std::string line;
     while (std::getline(cpuinfo, line)) {
       if (line.rfind("flags", 0) == 0) {
-        return line.find(" avx512_bf16") != std::string::npos || line.find(" amx_bf16") != std::string::npos;
+        u.avx512_bf16 = line.find(" avx512_bf16") != std::string::npos;
+        u.amx = line.find(" amx_bf16") != std::string::npos;
+        break;
       }
     }
-    return false;
+    return u;
   }();
-  return fast;
+  return units;
 }
+
+bool CpuHasFastBf16Gemm() { return Bf16Units().avx512_bf16 || Bf16Units().amx; }
 
 bool UpcastGemm(const at::Tensor& a, const at::Tensor& b) {
   return a.scalar_type() == at::kBFloat16 && a.device().is_cpu() && a.size(0) >= kUpcastMin &&
@@ -180,15 +190,21 @@ void ExpertSwiGluInto(const ExpertMatrices& m, const at::Tensor& xs, const at::T
 // shares of short batches. There the GEMM libraries spend more time packing each expert's
 // weights than multiplying (OpenBLAS's sgemm_oncopy/incopy took 25-36% of a T=256, 16-expert
 // forward), while the kernel reads each weight row once for all the segment's tokens. The
-// limits are the crossovers measured with //benchmarks:moe_benchmark (H 1024, one thread, AMD
-// EPYC with AVX-512 and AVX512-BF16): float32, the kernel is 1.1-3.7x faster than OpenBLAS up
-// to 16-32 rows and 0.8-0.9x from 64; bfloat16, 1.2-4.5x faster up to 8 rows and 0.7-0.9x from
-// 16 against oneDNN's AVX512-BF16 GEMMs (100-200 GFLOP/s). Without AVX512-BF16 or AMX oneDNN's
-// bfloat16 GEMMs run at 26-36 GFLOP/s (measured here with ONEDNN_MAX_CPU_ISA=AVX512_CORE),
-// below the kernel's ~50, up to the rows from which the dispatch upcasts to a float32 GEMM.
+// limits are crossovers measured with //benchmarks:moe_benchmark (H 1024, one thread, AMD EPYC
+// with AVX-512 and AVX512-BF16), the segment size being about T*K/E:
+//   float32: the kernel is 1.1-3.7x faster than OpenBLAS up to 16-32 rows, 0.8-0.9x from 64;
+//   bfloat16 (the kernel's AVX512-BF16 form): 1.7-5.2x faster than oneDNN's AVX512-BF16 GEMMs
+//     up to 8 rows, 1.0-1.2x at 16, 0.6-1.0x at 32.
+// Without AVX512-BF16 or AMX, oneDNN's bfloat16 GEMMs run at 26-36 GFLOP/s (measured here with
+// ONEDNN_MAX_CPU_ISA=AVX512_CORE), below the kernel's ~50, so the kernel serves every segment
+// below kUpcastMin rows, from which the dispatch upcasts to a float32 GEMM. AMX runs oneDNN at
+// ~270 GFLOP/s per core (shared/ENVIRONMENT.md); no AMX machine was at hand to measure the
+// crossover, so there the kernel keeps to segments of up to 8 rows, where packing dominates.
 int64_t KernelMaxRows(at::ScalarType dtype) {
   if (dtype == at::kFloat) return 24;
-  return CpuHasFastBf16Gemm() ? 12 : kUpcastMin - 1;
+  if (Bf16Units().amx) return 8;
+  if (Bf16Units().avx512_bf16) return 24;
+  return kUpcastMin - 1;
 }
 
 bool KernelServes(const at::Tensor& xd) {
@@ -236,7 +252,7 @@ at::Tensor OneTokenForward(const at::Tensor& xd, const at::Tensor& expert, const
   c10::InferenceMode guard;
   const at::Tensor x32 = xd.reshape({H}).to(at::kFloat).contiguous();
   at::Tensor y = at::zeros({1, H}, xd.options().dtype(at::kFloat));
-  at::Tensor scratch = at::empty({2 * ie}, y.options());
+  at::Tensor scratch = at::empty({SwiGluScratchFloats(H, ie, 1)}, y.options());
   const float* x_row = x32.data_ptr<float>();
   float* y_row = y.data_ptr<float>();
   for (const auto& [e, slot] : slots) {
@@ -308,7 +324,7 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
   if (plan.min_count <= kernel_max_rows) {
     x32 = xd.to(at::kFloat).contiguous();
     w32 = weight.detach().reshape({P}).index_select(0, d.order).to(at::kFloat).contiguous();
-    kscratch = at::empty({2 * kernel_max_rows * ie}, x32.options());
+    kscratch = at::empty({SwiGluScratchFloats(H, ie, kernel_max_rows)}, x32.options());
     x_rows.resize(kernel_max_rows);
     y_rows.resize(kernel_max_rows);
   }

@@ -7,8 +7,11 @@
 #include <cstring>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// GCC 12's AVX-512 intrinsics initialise their "undefined" operands from themselves, which
+// -Wuninitialized reports wherever they are inlined.
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
-#define LLAMA_MOE_HAVE_AVX2_KERNELS 1
+#define LLAMA_MOE_HAVE_X86_KERNELS 1
 #endif
 
 namespace llama_moe {
@@ -46,7 +49,7 @@ void DotTilePortable(const W* const* rows, const float* const* v, int64_t len, f
   }
 }
 
-#ifdef LLAMA_MOE_HAVE_AVX2_KERNELS
+#ifdef LLAMA_MOE_HAVE_X86_KERNELS
 // Compiled for AVX2+FMA by attribute (the rest of the build stays baseline x86-64) and called
 // only after BestKernelIsa checked the CPU.
 #define LLAMA_MOE_AVX2 __attribute__((target("avx2,fma")))
@@ -111,7 +114,65 @@ LLAMA_MOE_AVX2 void DotTileAvx2(const W* const* rows, const float* const* v, int
     }
   }
 }
-#endif  // LLAMA_MOE_HAVE_AVX2_KERNELS
+
+// bfloat16 weights times bfloat16 token vectors with AVX512-BF16's VDPBF16PS (32 products per
+// instruction, float32 accumulation), as oneDNN's bfloat16 GEMMs do: twice the products per
+// instruction of converting the weights to float32, at the price of token vectors rounded to
+// bfloat16 (the GEMM path rounds them too). Tails use masked loads.
+#define LLAMA_MOE_AVX512BF16 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512bf16")))
+
+template <int R, int NT>
+LLAMA_MOE_AVX512BF16 void DotTileDpBf16(const uint16_t* const* rows, const uint16_t* const* v, int64_t len,
+                                        float* out) {
+  constexpr int U = Unroll<R, NT>();
+  __m512 acc[U][R][NT];
+#pragma GCC unroll 8
+  for (int u = 0; u < U; ++u) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) acc[u][r][t] = _mm512_setzero_ps();
+    }
+  }
+  int64_t i = 0;
+  for (; i + 32 * U <= len; i += 32 * U) {
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) {
+      __m512i wv[R];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_si512(rows[r] + i + 32 * u);
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) {
+        const __m512i xv = _mm512_loadu_si512(v[t] + i + 32 * u);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) acc[u][r][t] = _mm512_dpbf16_ps(acc[u][r][t], (__m512bh)wv[r], (__m512bh)xv);
+      }
+    }
+  }
+  for (; i < len; i += 32) {
+    const int64_t left = len - i;
+    const __mmask32 mask = left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((uint64_t{1} << left) - 1);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512i wv = _mm512_maskz_loadu_epi16(mask, rows[r] + i);
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) {
+        acc[0][r][t] = _mm512_dpbf16_ps(acc[0][r][t], (__m512bh)wv, (__m512bh)_mm512_maskz_loadu_epi16(mask, v[t] + i));
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      __m512 a = acc[0][r][t];
+#pragma GCC unroll 8
+      for (int u = 1; u < U; ++u) a = _mm512_add_ps(a, acc[u][r][t]);
+      out[r * NT + t] = _mm512_reduce_add_ps(a);
+    }
+  }
+}
+#endif  // LLAMA_MOE_HAVE_X86_KERNELS
 
 // Tokens per register tile: 2 weight rows x 4 tokens is 8 accumulators, plus the loaded rows
 // and token pieces, within AVX2's 16 registers.
@@ -128,8 +189,8 @@ struct TileTable {
 
 template <typename W, int R>
 TileTable<W, R> Tiles(KernelIsa isa) {
-#ifdef LLAMA_MOE_HAVE_AVX2_KERNELS
-  if (isa == KernelIsa::kAvx2Fma && BestKernelIsa() == KernelIsa::kAvx2Fma) {  // never on a CPU without it
+#ifdef LLAMA_MOE_HAVE_X86_KERNELS
+  if (isa != KernelIsa::kPortable && CpuSupports(isa)) {  // AVX512-BF16 CPUs have AVX2+FMA too
     return {{nullptr, &DotTileAvx2<W, R, 1>, &DotTileAvx2<W, R, 2>, &DotTileAvx2<W, R, 3>, &DotTileAvx2<W, R, 4>}};
   }
 #endif
@@ -140,6 +201,72 @@ TileTable<W, R> Tiles(KernelIsa isa) {
 // Rows per parallel chunk: at least ~32K weights, so that a chunk's reads dwarf the cost of
 // handing it to a thread.
 int64_t Grain(int64_t row_length) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_length)); }
+
+// Round to nearest even, as ATen's float32 -> bfloat16 conversion; NaN stays NaN.
+inline uint16_t RoundToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+#ifdef LLAMA_MOE_HAVE_X86_KERNELS
+using DpTileFn = void (*)(const uint16_t* const*, const uint16_t* const*, int64_t, float*);
+
+// SwiGluTokens for bfloat16 weights on AVX512-BF16: the token vectors and the activations are
+// rounded to bfloat16 (in the scratch after the float32 gate/up values) and multiplied with
+// VDPBF16PS.
+void SwiGluTokensDpBf16(const uint16_t* gate, const uint16_t* up, const uint16_t* down, int64_t H, int64_t Ie,
+                        int64_t n, const float* const* x_rows, const float* w, float* scratch, float* const* y_rows) {
+  static constexpr DpTileFn kPair[] = {nullptr, &DotTileDpBf16<2, 1>, &DotTileDpBf16<2, 2>, &DotTileDpBf16<2, 3>,
+                                       &DotTileDpBf16<2, 4>};
+  static constexpr DpTileFn kSingle[] = {nullptr, &DotTileDpBf16<1, 1>, &DotTileDpBf16<1, 2>,
+                                         &DotTileDpBf16<1, 3>, &DotTileDpBf16<1, 4>};
+  float* g = scratch;           // [n][Ie]
+  float* u = scratch + n * Ie;  // [n][Ie]
+  uint16_t* xb = reinterpret_cast<uint16_t*>(scratch + 2 * n * Ie);  // [n][H]
+  uint16_t* ab = xb + n * H;                                         // [n][Ie]
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t i = 0; i < H; ++i) xb[t * H + i] = RoundToBf16(x_rows[t][i]);
+  }
+  at::parallel_for(0, Ie, Grain(2 * H), [&](int64_t begin, int64_t end) {
+    float out[2 * kMaxTileTokens];
+    const uint16_t* x[kMaxTileTokens];
+    for (int64_t r = begin; r < end; ++r) {
+      const uint16_t* rows[2] = {gate + r * H, up + r * H};
+      for (int64_t t0 = 0; t0 < n; t0 += kMaxTileTokens) {
+        const int nt = static_cast<int>(std::min<int64_t>(kMaxTileTokens, n - t0));
+        for (int t = 0; t < nt; ++t) x[t] = xb + (t0 + t) * H;
+        kPair[nt](rows, x, H, out);
+        for (int t = 0; t < nt; ++t) {
+          g[(t0 + t) * Ie + r] = out[t];
+          u[(t0 + t) * Ie + r] = out[nt + t];
+        }
+      }
+    }
+  });
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t r = 0; r < Ie; ++r) {
+      const float gr = g[t * Ie + r];
+      ab[t * Ie + r] = RoundToBf16(w[t] * (gr / (1.0f + std::exp(-gr))) * u[t * Ie + r]);
+    }
+  }
+  at::parallel_for(0, H, Grain(Ie), [&](int64_t begin, int64_t end) {
+    float out[kMaxTileTokens];
+    const uint16_t* a[kMaxTileTokens];
+    for (int64_t h = begin; h < end; ++h) {
+      const uint16_t* row = down + h * Ie;
+      for (int64_t t0 = 0; t0 < n; t0 += kMaxTileTokens) {
+        const int nt = static_cast<int>(std::min<int64_t>(kMaxTileTokens, n - t0));
+        for (int t = 0; t < nt; ++t) a[t] = ab + (t0 + t) * Ie;
+        kSingle[nt](&row, a, Ie, out);
+        for (int t = 0; t < nt; ++t) y_rows[t0 + t][h] += out[t];
+      }
+    }
+  });
+}
+#endif  // LLAMA_MOE_HAVE_X86_KERNELS
 
 template <typename W>
 void SwiGluTokens(const W* gate, const W* up, const W* down, int64_t H, int64_t Ie, int64_t n,
@@ -191,8 +318,15 @@ bool CpuSupports(KernelIsa isa) {
     case KernelIsa::kPortable:
       return true;
     case KernelIsa::kAvx2Fma:
-#ifdef LLAMA_MOE_HAVE_AVX2_KERNELS
+#ifdef LLAMA_MOE_HAVE_X86_KERNELS
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+      return false;
+#endif
+    case KernelIsa::kAvx512Bf16:
+#ifdef LLAMA_MOE_HAVE_X86_KERNELS
+      return CpuSupports(KernelIsa::kAvx2Fma) && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16");
 #else
       return false;
 #endif
@@ -200,8 +334,16 @@ bool CpuSupports(KernelIsa isa) {
   return false;
 }
 
+int64_t SwiGluScratchFloats(int64_t H, int64_t Ie, int64_t n) {
+  // float32 gate and up values, then bfloat16 copies of the tokens and activations (the
+  // AVX512-BF16 form).
+  return 2 * n * Ie + (n * (H + Ie) + 1) / 2;
+}
+
 KernelIsa BestKernelIsa() {
-  static const KernelIsa best = CpuSupports(KernelIsa::kAvx2Fma) ? KernelIsa::kAvx2Fma : KernelIsa::kPortable;
+  static const KernelIsa best = CpuSupports(KernelIsa::kAvx512Bf16) ? KernelIsa::kAvx512Bf16
+                                : CpuSupports(KernelIsa::kAvx2Fma)  ? KernelIsa::kAvx2Fma
+                                                                    : KernelIsa::kPortable;
   return best;
 }
 
@@ -213,6 +355,12 @@ void SwiGluAccumulate(const float* gate, const float* up, const float* down, int
 void SwiGluAccumulate(const uint16_t* gate, const uint16_t* up, const uint16_t* down, int64_t H, int64_t Ie,
                       int64_t n, const float* const* x_rows, const float* w, float* scratch, float* const* y_rows,
                       KernelIsa isa) {
+#ifdef LLAMA_MOE_HAVE_X86_KERNELS
+  if (isa == KernelIsa::kAvx512Bf16 && CpuSupports(isa)) {
+    SwiGluTokensDpBf16(gate, up, down, H, Ie, n, x_rows, w, scratch, y_rows);
+    return;
+  }
+#endif
   SwiGluTokens(gate, up, down, H, Ie, n, x_rows, w, scratch, y_rows, isa);
 }
 

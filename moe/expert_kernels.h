@@ -6,9 +6,9 @@
 // (slices, three GEMV/GEMMs, silu, two multiplies, views, the sum over experts) cost as much as
 // the reads for experts of a few MB. At a few tokens per expert, GEMM libraries copy (pack)
 // each weight matrix before multiplying, which for a weight used by a handful of rows costs
-// more than the multiply. This kernel reads each weight row once, keeps the intermediate
-// activations and the output in float32 (a bfloat16 model rounds once, at the end of the
-// layer, as the dense FFN's GEMM does) and makes no allocation.
+// more than the multiply. This kernel reads each weight row once, sums in float32, keeps the
+// output in float32 (a bfloat16 model rounds once, at the end of the layer, as the dense FFN's
+// GEMM does) and makes no allocation.
 //
 // The reference is the batched path (moe/dispatch.cc) and ReferenceMoeForward; the portable and
 // AVX2 forms of the kernel are tested against each other and against ATen
@@ -23,6 +23,8 @@ namespace llama_moe {
 enum class KernelIsa {
   kPortable,  // plain C++ loops: any CPU
   kAvx2Fma,   // x86-64 with AVX2 and FMA (chosen at run time; the build needs no -m flags)
+  kAvx512Bf16,  // and AVX512-BF16: bfloat16 weights multiply bfloat16-rounded tokens and
+                // activations with VDPBF16PS (float32 weights use the AVX2 form)
 };
 
 // The fastest form this CPU runs.
@@ -34,12 +36,15 @@ bool CpuSupports(KernelIsa isa);
 //   y_t[H] += w[t] * down · (silu(gate · x_t) ⊙ (up · x_t))
 // with row-major contiguous weights gate, up [Ie,H] and down [H,Ie] in float32 (`float`) or
 // bfloat16 (`uint16_t`, the raw bits). x_t (at x_rows[t]) and y_t (at y_rows[t], distinct rows)
-// are float32 [H], as is all arithmetic; scratch holds 2*n*Ie floats. Each weight row is read
+// are float32 [H], as is all arithmetic except in the kAvx512Bf16 form, which rounds the tokens
+// and the activations to bfloat16 as a bfloat16 GEMM does; scratch holds
+// SwiGluScratchFloats(H, Ie, n) floats. Each weight row is read
 // once for all n tokens (up to 4 tokens share a register tile), so the kernel suits the small
 // segments of decode steps and short batches, where a GEMM library spends more time packing
 // the weights than multiplying. Rows are split over ATen's intra-op threads and each (row,
 // token) dot product is computed by one thread in a fixed order: the result does not depend on
 // the thread count.
+int64_t SwiGluScratchFloats(int64_t H, int64_t Ie, int64_t n);
 void SwiGluAccumulate(const float* gate, const float* up, const float* down, int64_t H, int64_t Ie, int64_t n,
                       const float* const* x_rows, const float* w, float* scratch, float* const* y_rows, KernelIsa isa);
 void SwiGluAccumulate(const uint16_t* gate, const uint16_t* up, const uint16_t* down, int64_t H, int64_t Ie,
