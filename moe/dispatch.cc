@@ -162,7 +162,7 @@ constexpr int64_t kFeatureMajorRows = 128;
 struct Dispatched {
   at::Tensor out;                   // [T,H]
   at::Tensor order, token, counts;  // the routing permutation, source token per sorted pair, [E] counts
-  at::Tensor g, u, w_sorted;        // kept pre-activations [T*K,Ie] (keep only) and sorted weights
+  at::Tensor g, u, w_sorted;        // kept pre-activations [T*K,Ie] (keep only) and sorted weights (float32)
 };
 
 // One expert's weighted SwiGLU on rows xs [n,H] with routing weights w [n], into preallocated
@@ -180,8 +180,16 @@ void ExpertSwiGluInto(const ExpertMatrices& m, const at::Tensor& xs, const at::T
   }
   LinearOut(g, xs, m.gate);
   LinearOut(u, xs, m.up);
-  at::Tensor act = keep ? at::silu(g) : at::silu_(g);
-  act.mul_(u).mul_(w.unsqueeze(1));
+  if (g.scalar_type() == at::kFloat) {
+    at::Tensor act = keep ? at::silu(g) : at::silu_(g);
+    act.mul_(u).mul_(w.unsqueeze(1));
+    LinearOut(y, act, m.down);
+    return;
+  }
+  // bfloat16/float16: the weighted activation in float32, rounded once (instead of after silu,
+  // the product and the weighting), which is also 2x faster here than ATen's bfloat16 silu.
+  const at::Tensor a32 = at::silu(g.to(at::kFloat)).mul_(u.to(at::kFloat)).mul_(w.unsqueeze(1));
+  const at::Tensor act = keep ? a32.to(g.scalar_type()) : g.copy_(a32);
   LinearOut(y, act, m.down);
 }
 
@@ -301,7 +309,8 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
     // The one host sync: segment sizes drive the per-expert loop.
     d.counts = at::bincount(flat_expert, /*weights=*/{}, E).to(at::kCPU);
   }
-  d.w_sorted = weight.detach().reshape({P}).index_select(0, d.order).to(xd.scalar_type());
+  // float32 whatever x's dtype: the activations are weighted in float32.
+  d.w_sorted = weight.detach().reshape({P}).index_select(0, d.order).to(at::kFloat);
   const Plan plan = MakePlan(d.counts);
   const int64_t rows = keep ? P : plan.max_count;
   d.g = at::empty({rows, ie}, xd.options());
@@ -315,15 +324,13 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
   // (with 8 exact slices the routed model drifted from the dense one by KL 1e-4 per token).
   const bool widen = xd.scalar_type() == at::kBFloat16 || xd.scalar_type() == at::kHalf;
   d.out = at::zeros({T, H}, xd.options().dtype(widen ? at::kFloat : xd.scalar_type()));
-  // Small segments through the kernel: float32 rows of x and of the (float32) output, float32
-  // routing weights.
-  at::Tensor x32, w32, kscratch;
+  // Small segments through the kernel: float32 rows of x and of the (float32) output.
+  at::Tensor x32, kscratch;
   std::vector<const float*> x_rows;
   std::vector<float*> y_rows;
   const int64_t kernel_max_rows = kernel ? KernelMaxRows(xd.scalar_type()) : 0;
   if (plan.min_count <= kernel_max_rows) {
     x32 = xd.to(at::kFloat).contiguous();
-    w32 = weight.detach().reshape({P}).index_select(0, d.order).to(at::kFloat).contiguous();
     kscratch = at::empty({SwiGluScratchFloats(H, ie, kernel_max_rows)}, x32.options());
     x_rows.resize(kernel_max_rows);
     y_rows.resize(kernel_max_rows);
@@ -337,7 +344,7 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
         x_rows[t] = x32.data_ptr<float>() + tok[t] * H;
         y_rows[t] = d.out.data_ptr<float>() + tok[t] * H;
       }
-      KernelExpert(w, plan.expert[j], xd.scalar_type(), H, ie, n, x_rows.data(), w32.data_ptr<float>() + b,
+      KernelExpert(w, plan.expert[j], xd.scalar_type(), H, ie, n, x_rows.data(), d.w_sorted.data_ptr<float>() + b,
                    kscratch.data_ptr<float>(), y_rows.data());
       return;
     }
@@ -410,12 +417,13 @@ class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
     const at::ScalarType dtype = x.scalar_type();
 
     const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(2);
-    // Gradients of the stacks that need one; untouched experts keep zeros. (Always defined,
-    // even when no expert of a stack was chosen: optimizers and gradient all-reduce expect a
-    // gradient for every trainable tensor.)
+    // Gradients of the stacks that need one. Always defined, even when no expert of a stack was
+    // chosen (torch::autograd::grad without allow_unused would fail on an undefined one). Active
+    // experts' slices are written whole by their GEMMs, so only the others are zeroed, after the
+    // loop: one pass over the stack instead of a memset and then the writes.
     StackList ds;
     for (int k = 0; k < 6; ++k) {
-      if (s[k].defined() && ctx->needs_input_grad(3 + k)) ds[k] = at::zeros_like(s[k]);
+      if (s[k].defined() && ctx->needs_input_grad(3 + k)) ds[k] = at::empty_like(s[k]);
     }
     const bool need_gate_up = ds[kFrozenGate].defined() || ds[kFrozenUp].defined() ||
                               ds[kLearnedGate].defined() || ds[kLearnedUp].defined();
@@ -468,6 +476,18 @@ class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
       }
     });
 
+    {
+      c10::InferenceMode guard;
+      std::vector<bool> active(static_cast<size_t>(nf + (s[kLearnedGate].defined() ? s[kLearnedGate].size(0) : 0)));
+      for (const int64_t e : plan.expert) active[static_cast<size_t>(e)] = true;
+      for (size_t e = 0; e < active.size(); ++e) {
+        if (active[e]) continue;
+        const ExpertWeights dw = Slices(ds, nf, static_cast<int64_t>(e));
+        for (const at::Tensor* t : {&dw.gate, &dw.up, &dw.down}) {
+          if (t->defined()) t->zero_();
+        }
+      }
+    }
     if (need_x && widen) dx = dx.to(dtype);
     at::Tensor dweight;
     // order is a permutation of the pairs: dweight[order[i]] = dw_sorted[i].

@@ -107,6 +107,29 @@ TEST(DispatchTest, GradientsMatchReference) {
   EXPECT_LT(RelErr(gd, s.learned_down.grad()), 1e-5);
 }
 
+TEST(DispatchTest, UnchosenExpertsGetZeroGradients) {
+  // The backward writes the active experts' gradient slices and zeroes only the others. A
+  // first backward through every expert leaves gradients in freed memory that the allocator
+  // hands out again; the second route leaves learned experts 5 and 6 (of 0..7) unchosen.
+  at::manual_seed(21);
+  const int64_t T = 16, H = 16, ie = 8;
+  ExpertStacks s = RandomStacks(4, 4, ie, H, at::kFloat);
+  s.learned_gate.set_requires_grad(true);
+  s.learned_up.set_requires_grad(true);
+  s.learned_down.set_requires_grad(true);
+  const std::vector<at::Tensor> wrt = {s.learned_gate, s.learned_up, s.learned_down};
+  const at::Tensor x = at::randn({T, H}), weight = at::rand({T, 2}) + 0.1;
+  const at::Tensor all = at::stack({at::arange(T, at::kLong) % 8, (at::arange(T, at::kLong) + 1) % 8}, 1);
+  torch::autograd::grad({SparseMoeForward(x, all, weight, s)}, wrt, {at::randn({T, H})});
+  const at::Tensor some = at::stack({at::arange(T, at::kLong) % 4, at::full({T}, 4, at::kLong) + (at::arange(T) % 2) * 3}, 1);
+  const auto grads = torch::autograd::grad({SparseMoeForward(x, some, weight, s)}, wrt, {at::randn({T, H})});
+  for (const at::Tensor& g : grads) {
+    EXPECT_TRUE(at::equal(g.narrow(0, 1, 2), at::zeros_like(g.narrow(0, 1, 2))));  // learned 1, 2 = experts 5, 6
+    EXPECT_GT(g[0].abs().max().item<float>(), 0.0f);                             // expert 4 was chosen
+    EXPECT_GT(g[3].abs().max().item<float>(), 0.0f);                             // expert 7 was chosen
+  }
+}
+
 // Gradients of every input the fast path's hand-written backward produces, against autograd
 // through the reference, at a given intra-op thread count (GEMMs and elementwise kernels split
 // their work differently with 2 threads).
