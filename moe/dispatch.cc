@@ -418,12 +418,28 @@ class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
 
     const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(2);
     // Gradients of the stacks that need one. Always defined, even when no expert of a stack was
-    // chosen (torch::autograd::grad without allow_unused would fail on an undefined one). Active
-    // experts' slices are written whole by their GEMMs, so only the others are zeroed, after the
-    // loop: one pass over the stack instead of a memset and then the writes.
+    // chosen (torch::autograd::grad without allow_unused would fail on an undefined one); such a
+    // stack's gradient is a zero expanded to its shape, as autograd's own sum backward returns,
+    // which costs no memory (a decode-sized batch often chooses no learned expert). Otherwise
+    // active experts' slices are written whole by their GEMMs, so only the others are zeroed,
+    // after the loop: one pass over the stack instead of a memset and then the writes.
+    const int64_t num_experts = nf + (s[kLearnedGate].defined() ? s[kLearnedGate].size(0) : 0);
+    std::vector<bool> active(static_cast<size_t>(num_experts));
+    bool stack_active[2] = {false, false};  // frozen, learned
+    for (const int64_t e : plan.expert) {
+      active[static_cast<size_t>(e)] = true;
+      stack_active[e < nf ? 0 : 1] = true;
+    }
     StackList ds;
+    bool expanded[6] = {false, false, false, false, false, false};
     for (int k = 0; k < 6; ++k) {
-      if (s[k].defined() && ctx->needs_input_grad(3 + k)) ds[k] = at::empty_like(s[k]);
+      if (!s[k].defined() || !ctx->needs_input_grad(3 + k)) continue;
+      if (stack_active[k < kLearnedGate ? 0 : 1]) {
+        ds[k] = at::empty_like(s[k]);
+      } else {
+        ds[k] = at::zeros({}, s[k].options()).expand(s[k].sizes());
+        expanded[k] = true;
+      }
     }
     const bool need_gate_up = ds[kFrozenGate].defined() || ds[kFrozenUp].defined() ||
                               ds[kLearnedGate].defined() || ds[kLearnedUp].defined();
@@ -478,13 +494,12 @@ class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
 
     {
       c10::InferenceMode guard;
-      std::vector<bool> active(static_cast<size_t>(nf + (s[kLearnedGate].defined() ? s[kLearnedGate].size(0) : 0)));
-      for (const int64_t e : plan.expert) active[static_cast<size_t>(e)] = true;
-      for (size_t e = 0; e < active.size(); ++e) {
-        if (active[e]) continue;
-        const ExpertWeights dw = Slices(ds, nf, static_cast<int64_t>(e));
-        for (const at::Tensor* t : {&dw.gate, &dw.up, &dw.down}) {
-          if (t->defined()) t->zero_();
+      for (int64_t e = 0; e < num_experts; ++e) {
+        if (active[static_cast<size_t>(e)]) continue;
+        const int base = e < nf ? kFrozenGate : kLearnedGate;
+        const int64_t i = e < nf ? e : e - nf;
+        for (int k = base; k < base + 3; ++k) {
+          if (ds[k].defined() && !expanded[k]) ds[k][i].zero_();
         }
       }
     }

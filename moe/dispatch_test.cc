@@ -130,6 +130,30 @@ TEST(DispatchTest, UnchosenExpertsGetZeroGradients) {
   }
 }
 
+TEST(DispatchTest, StackWithNoChosenExpertGetsADefinedZeroGradient) {
+  // Only frozen experts chosen: the learned stacks' gradients are defined zeros (no allow_unused
+  // needed), through torch::autograd::grad and through backward() into .grad().
+  at::manual_seed(22);
+  const int64_t T = 3, H = 16, ie = 8;
+  ExpertStacks s = RandomStacks(4, 4, ie, H, at::kFloat);
+  s.learned_gate.set_requires_grad(true);
+  s.learned_down.set_requires_grad(true);
+  const at::Tensor x = at::randn({T, H}).set_requires_grad(true), weight = at::rand({T, 2}) + 0.1;
+  const at::Tensor expert = at::stack({at::arange(T, at::kLong), at::arange(T, at::kLong) + 1}, 1);  // 0..3
+  const auto grads = torch::autograd::grad({SparseMoeForward(x, expert, weight, s)}, {x, s.learned_gate, s.learned_down},
+                                           {at::randn({T, H})});
+  ASSERT_EQ(grads.size(), 3u);
+  EXPECT_GT(grads[0].abs().max().item<float>(), 0.0f);
+  for (size_t i = 1; i < 3; ++i) {
+    ASSERT_TRUE(grads[i].defined());
+    EXPECT_EQ(grads[i].sizes(), (i == 1 ? s.learned_gate : s.learned_down).sizes());
+    EXPECT_TRUE(at::equal(grads[i], at::zeros_like(grads[i])));
+  }
+  SparseMoeForward(x, expert, weight, s).sum().backward();
+  ASSERT_TRUE(s.learned_gate.grad().defined());
+  EXPECT_TRUE(at::equal(s.learned_gate.grad(), at::zeros_like(s.learned_gate)));
+}
+
 // Gradients of every input the fast path's hand-written backward produces, against autograd
 // through the reference, at a given intra-op thread count (GEMMs and elementwise kernels split
 // their work differently with 2 threads).

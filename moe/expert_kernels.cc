@@ -8,9 +8,11 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // GCC 12's AVX-512 intrinsics initialise their "undefined" operands from themselves, which
-// -Wuninitialized reports wherever they are inlined.
+// -Wuninitialized reports (at the header's lines) wherever they are inlined.
+#pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #define LLAMA_MOE_HAVE_X86_KERNELS 1
 #endif
 
