@@ -248,7 +248,7 @@ at::Tensor OneTokenForward(const at::Tensor& xd, const at::Tensor& expert, const
                            int64_t ie, const std::function<ExpertMatrices(int64_t)>& get) {
   const at::ScalarType dtype = xd.scalar_type();
   const int64_t K = expert.size(1), H = xd.size(1);
-  const at::Tensor ids = expert.reshape({K}).to(at::kCPU, at::kLong).contiguous();
+  const at::Tensor ids = expert.reshape({K}).to(at::kLong).contiguous();
   const at::Tensor wk = weight.detach().reshape({K}).to(at::kCPU, at::kFloat).contiguous();
   std::vector<std::pair<int64_t, int64_t>> slots;  // (expert id, slot)
   for (int64_t k = 0; k < K; ++k) {
@@ -431,15 +431,10 @@ class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
       stack_active[e < nf ? 0 : 1] = true;
     }
     StackList ds;
-    bool expanded[6] = {false, false, false, false, false, false};
     for (int k = 0; k < 6; ++k) {
       if (!s[k].defined() || !ctx->needs_input_grad(3 + k)) continue;
-      if (stack_active[k < kLearnedGate ? 0 : 1]) {
-        ds[k] = at::empty_like(s[k]);
-      } else {
-        ds[k] = at::zeros({}, s[k].options()).expand(s[k].sizes());
-        expanded[k] = true;
-      }
+      ds[k] = stack_active[k < kLearnedGate ? 0 : 1] ? at::empty_like(s[k])
+                                                      : at::zeros({}, s[k].options()).expand(s[k].sizes());
     }
     const bool need_gate_up = ds[kFrozenGate].defined() || ds[kFrozenUp].defined() ||
                               ds[kLearnedGate].defined() || ds[kLearnedUp].defined();
@@ -495,11 +490,11 @@ class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
     {
       c10::InferenceMode guard;
       for (int64_t e = 0; e < num_experts; ++e) {
-        if (active[static_cast<size_t>(e)]) continue;
-        const int base = e < nf ? kFrozenGate : kLearnedGate;
-        const int64_t i = e < nf ? e : e - nf;
-        for (int k = base; k < base + 3; ++k) {
-          if (ds[k].defined() && !expanded[k]) ds[k][i].zero_();
+        // Unchosen experts of a stack with chosen ones (the others' stacks are expanded zeros).
+        if (active[static_cast<size_t>(e)] || !stack_active[e < nf ? 0 : 1]) continue;
+        const ExpertWeights dw = Slices(ds, nf, e);
+        for (const at::Tensor* t : {&dw.gate, &dw.up, &dw.down}) {
+          if (t->defined()) t->zero_();
         }
       }
     }

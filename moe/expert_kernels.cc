@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // GCC 12's AVX-512 intrinsics initialise their "undefined" operands from themselves, which
@@ -180,24 +181,29 @@ LLAMA_MOE_AVX512BF16 void DotTileDpBf16(const uint16_t* const* rows, const uint1
 // and token pieces, within AVX2's 16 registers.
 constexpr int kMaxTileTokens = 4;
 
-template <typename W>
-using DotTileFn = void (*)(const W* const*, const float* const*, int64_t, float*);
+// A tile function for weights W and token vectors V (float32, or bfloat16 bits for VDPBF16PS).
+template <typename W, typename V>
+using TileFn = void (*)(const W* const*, const V* const*, int64_t, float*);
 
-// The tile functions for R rows, indexed by the tile's token count (1..4).
-template <typename W, int R>
-struct TileTable {
-  DotTileFn<W> fn[kMaxTileTokens + 1];
+// The tile functions for 1 and 2 weight rows, indexed by the tile's token count (1..4).
+template <typename W, typename V>
+struct Tiles {
+  TileFn<W, V> single[kMaxTileTokens + 1];
+  TileFn<W, V> pair[kMaxTileTokens + 1];
 };
 
-template <typename W, int R>
-TileTable<W, R> Tiles(KernelIsa isa) {
+template <typename W>
+Tiles<W, float> FloatTiles(KernelIsa isa) {
 #ifdef LLAMA_MOE_HAVE_X86_KERNELS
   if (isa != KernelIsa::kPortable && CpuSupports(isa)) {  // AVX512-BF16 CPUs have AVX2+FMA too
-    return {{nullptr, &DotTileAvx2<W, R, 1>, &DotTileAvx2<W, R, 2>, &DotTileAvx2<W, R, 3>, &DotTileAvx2<W, R, 4>}};
+    return {{nullptr, &DotTileAvx2<W, 1, 1>, &DotTileAvx2<W, 1, 2>, &DotTileAvx2<W, 1, 3>, &DotTileAvx2<W, 1, 4>},
+            {nullptr, &DotTileAvx2<W, 2, 1>, &DotTileAvx2<W, 2, 2>, &DotTileAvx2<W, 2, 3>, &DotTileAvx2<W, 2, 4>}};
   }
 #endif
-  return {{nullptr, &DotTilePortable<W, R, 1>, &DotTilePortable<W, R, 2>, &DotTilePortable<W, R, 3>,
-           &DotTilePortable<W, R, 4>}};
+  return {{nullptr, &DotTilePortable<W, 1, 1>, &DotTilePortable<W, 1, 2>, &DotTilePortable<W, 1, 3>,
+           &DotTilePortable<W, 1, 4>},
+          {nullptr, &DotTilePortable<W, 2, 1>, &DotTilePortable<W, 2, 2>, &DotTilePortable<W, 2, 3>,
+           &DotTilePortable<W, 2, 4>}};
 }
 
 // Rows per parallel chunk: at least ~32K weights, so that a chunk's reads dwarf the cost of
@@ -213,78 +219,23 @@ inline uint16_t RoundToBf16(float f) {
   return static_cast<uint16_t>(u >> 16);
 }
 
-#ifdef LLAMA_MOE_HAVE_X86_KERNELS
-using DpTileFn = void (*)(const uint16_t* const*, const uint16_t* const*, int64_t, float*);
+inline void StoreAs(float v, float* dst) { *dst = v; }
+inline void StoreAs(float v, uint16_t* dst) { *dst = RoundToBf16(v); }
 
-// SwiGluTokens for bfloat16 weights on AVX512-BF16: the token vectors and the activations are
-// rounded to bfloat16 (in the scratch after the float32 gate/up values) and multiplied with
-// VDPBF16PS.
-void SwiGluTokensDpBf16(const uint16_t* gate, const uint16_t* up, const uint16_t* down, int64_t H, int64_t Ie,
-                        int64_t n, const float* const* x_rows, const float* w, float* scratch, float* const* y_rows) {
-  static constexpr DpTileFn kPair[] = {nullptr, &DotTileDpBf16<2, 1>, &DotTileDpBf16<2, 2>, &DotTileDpBf16<2, 3>,
-                                       &DotTileDpBf16<2, 4>};
-  static constexpr DpTileFn kSingle[] = {nullptr, &DotTileDpBf16<1, 1>, &DotTileDpBf16<1, 2>,
-                                         &DotTileDpBf16<1, 3>, &DotTileDpBf16<1, 4>};
-  float* g = scratch;           // [n][Ie]
-  float* u = scratch + n * Ie;  // [n][Ie]
-  uint16_t* xb = reinterpret_cast<uint16_t*>(scratch + 2 * n * Ie);  // [n][H]
-  uint16_t* ab = xb + n * H;                                         // [n][Ie]
-  for (int64_t t = 0; t < n; ++t) {
-    for (int64_t i = 0; i < H; ++i) xb[t * H + i] = RoundToBf16(x_rows[t][i]);
-  }
-  at::parallel_for(0, Ie, Grain(2 * H), [&](int64_t begin, int64_t end) {
-    float out[2 * kMaxTileTokens];
-    const uint16_t* x[kMaxTileTokens];
-    for (int64_t r = begin; r < end; ++r) {
-      const uint16_t* rows[2] = {gate + r * H, up + r * H};
-      for (int64_t t0 = 0; t0 < n; t0 += kMaxTileTokens) {
-        const int nt = static_cast<int>(std::min<int64_t>(kMaxTileTokens, n - t0));
-        for (int t = 0; t < nt; ++t) x[t] = xb + (t0 + t) * H;
-        kPair[nt](rows, x, H, out);
-        for (int t = 0; t < nt; ++t) {
-          g[(t0 + t) * Ie + r] = out[t];
-          u[(t0 + t) * Ie + r] = out[nt + t];
-        }
-      }
-    }
-  });
-  for (int64_t t = 0; t < n; ++t) {
-    for (int64_t r = 0; r < Ie; ++r) {
-      const float gr = g[t * Ie + r];
-      ab[t * Ie + r] = RoundToBf16(w[t] * (gr / (1.0f + std::exp(-gr))) * u[t * Ie + r]);
-    }
-  }
-  at::parallel_for(0, H, Grain(Ie), [&](int64_t begin, int64_t end) {
-    float out[kMaxTileTokens];
-    const uint16_t* a[kMaxTileTokens];
-    for (int64_t h = begin; h < end; ++h) {
-      const uint16_t* row = down + h * Ie;
-      for (int64_t t0 = 0; t0 < n; t0 += kMaxTileTokens) {
-        const int nt = static_cast<int>(std::min<int64_t>(kMaxTileTokens, n - t0));
-        for (int t = 0; t < nt; ++t) a[t] = ab + (t0 + t) * Ie;
-        kSingle[nt](&row, a, Ie, out);
-        for (int t = 0; t < nt; ++t) y_rows[t0 + t][h] += out[t];
-      }
-    }
-  });
-}
-#endif  // LLAMA_MOE_HAVE_X86_KERNELS
-
-template <typename W>
-void SwiGluTokens(const W* gate, const W* up, const W* down, int64_t H, int64_t Ie, int64_t n,
-                  const float* const* x_rows, const float* w, float* scratch, float* const* y_rows, KernelIsa isa) {
-  const TileTable<W, 2> pair = Tiles<W, 2>(isa);
-  const TileTable<W, 1> single = Tiles<W, 1>(isa);
-  float* g = scratch;           // [n][Ie], then the weighted activation
-  float* u = scratch + n * Ie;  // [n][Ie]
-  // Gate and up rows r of all n tokens, the two weight rows read together.
+// The three phases for n tokens x (vectors of type V) through one expert: gate and up rows of
+// all tokens (the two weight rows read together), the weighted activation a = w * silu(g) * u
+// stored as V, and the down projection accumulated into y. g and u are [n][Ie] float32, a is
+// [n][Ie] (it may alias g when V is float).
+template <typename W, typename V>
+void SwiGluPhases(const W* gate, const W* up, const W* down, int64_t H, int64_t Ie, int64_t n, const V* const* x,
+                  const Tiles<W, V>& tiles, const float* w, float* g, float* u, V* a, float* const* y_rows) {
   at::parallel_for(0, Ie, Grain(2 * H), [&](int64_t begin, int64_t end) {
     float out[2 * kMaxTileTokens];
     for (int64_t r = begin; r < end; ++r) {
       const W* rows[2] = {gate + r * H, up + r * H};
       for (int64_t t0 = 0; t0 < n; t0 += kMaxTileTokens) {
         const int nt = static_cast<int>(std::min<int64_t>(kMaxTileTokens, n - t0));
-        pair.fn[nt](rows, x_rows + t0, H, out);
+        tiles.pair[nt](rows, x + t0, H, out);
         for (int t = 0; t < nt; ++t) {
           g[(t0 + t) * Ie + r] = out[t];
           u[(t0 + t) * Ie + r] = out[nt + t];
@@ -292,26 +243,64 @@ void SwiGluTokens(const W* gate, const W* up, const W* down, int64_t H, int64_t 
       }
     }
   });
-  // a = w * silu(g) * u, the routing weight folded in before the down projection.
+  // The routing weight folded in before the down projection.
   for (int64_t t = 0; t < n; ++t) {
-    float* gt = g + t * Ie;
-    const float* ut = u + t * Ie;
-    for (int64_t r = 0; r < Ie; ++r) gt[r] = w[t] * (gt[r] / (1.0f + std::exp(-gt[r]))) * ut[r];
+    for (int64_t r = 0; r < Ie; ++r) {
+      const float gr = g[t * Ie + r];
+      StoreAs(w[t] * (gr / (1.0f + std::exp(-gr))) * u[t * Ie + r], a + t * Ie + r);
+    }
   }
   at::parallel_for(0, H, Grain(Ie), [&](int64_t begin, int64_t end) {
     float out[kMaxTileTokens];
-    const float* a[kMaxTileTokens];
+    const V* at[kMaxTileTokens];
     for (int64_t h = begin; h < end; ++h) {
       const W* row = down + h * Ie;
       for (int64_t t0 = 0; t0 < n; t0 += kMaxTileTokens) {
         const int nt = static_cast<int>(std::min<int64_t>(kMaxTileTokens, n - t0));
-        for (int t = 0; t < nt; ++t) a[t] = g + (t0 + t) * Ie;
-        single.fn[nt](&row, a, Ie, out);
+        for (int t = 0; t < nt; ++t) at[t] = a + (t0 + t) * Ie;
+        tiles.single[nt](&row, at, Ie, out);
         for (int t = 0; t < nt; ++t) y_rows[t0 + t][h] += out[t];
       }
     }
   });
 }
+
+// Scratch layout (SwiGluScratchFloats): g [n][Ie], u [n][Ie] float32, then for the AVX512-BF16
+// form the bfloat16 tokens [n][H] and activations [n][Ie].
+template <typename W>
+void SwiGluTokens(const W* gate, const W* up, const W* down, int64_t H, int64_t Ie, int64_t n,
+                  const float* const* x_rows, const float* w, float* scratch, float* const* y_rows, KernelIsa isa) {
+  float* g = scratch;
+  float* u = scratch + n * Ie;
+  SwiGluPhases<W, float>(gate, up, down, H, Ie, n, x_rows, FloatTiles<W>(isa), w, g, u, /*a=*/g, y_rows);
+}
+
+#ifdef LLAMA_MOE_HAVE_X86_KERNELS
+// bfloat16 weights on AVX512-BF16: the tokens and the activations are rounded to bfloat16 and
+// multiplied with VDPBF16PS.
+void SwiGluTokensDpBf16(const uint16_t* gate, const uint16_t* up, const uint16_t* down, int64_t H, int64_t Ie,
+                        int64_t n, const float* const* x_rows, const float* w, float* scratch, float* const* y_rows) {
+  static constexpr Tiles<uint16_t, uint16_t> kTiles = {
+      {nullptr, &DotTileDpBf16<1, 1>, &DotTileDpBf16<1, 2>, &DotTileDpBf16<1, 3>, &DotTileDpBf16<1, 4>},
+      {nullptr, &DotTileDpBf16<2, 1>, &DotTileDpBf16<2, 2>, &DotTileDpBf16<2, 3>, &DotTileDpBf16<2, 4>}};
+  float* g = scratch;
+  float* u = scratch + n * Ie;
+  uint16_t* xb = reinterpret_cast<uint16_t*>(scratch + 2 * n * Ie);
+  uint16_t* ab = xb + n * H;
+  const uint16_t* x[kMaxTileTokens * 8];  // rows of xb: the dispatch sends at most 31 tokens; more use the heap
+  std::vector<const uint16_t*> x_heap;
+  const uint16_t** xp = x;
+  if (n > kMaxTileTokens * 8) {
+    x_heap.resize(static_cast<size_t>(n));
+    xp = x_heap.data();
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t i = 0; i < H; ++i) StoreAs(x_rows[t][i], xb + t * H + i);
+    xp[t] = xb + t * H;
+  }
+  SwiGluPhases<uint16_t, uint16_t>(gate, up, down, H, Ie, n, xp, kTiles, w, g, u, ab, y_rows);
+}
+#endif  // LLAMA_MOE_HAVE_X86_KERNELS
 
 }  // namespace
 
