@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -194,24 +195,27 @@ void ExpertSwiGluInto(const ExpertMatrices& m, const at::Tensor& xs, const at::T
 }
 
 // The hand-written kernel (moe/expert_kernels.h) serves inference on the CPU in float32 and
-// bfloat16 for segments of at most KernelMaxRows tokens: decode steps and the experts' small
-// shares of short batches. There the GEMM libraries spend more time packing each expert's
-// weights than multiplying (OpenBLAS's sgemm_oncopy/incopy took 25-36% of a T=256, 16-expert
-// forward), while the kernel reads each weight row once for all the segment's tokens. The
-// limits are crossovers measured with //benchmarks:moe_benchmark (H 1024, one thread, AMD EPYC
-// with AVX-512 and AVX512-BF16), the segment size being about T*K/E:
-//   float32: the kernel is 1.1-3.7x faster than OpenBLAS up to 16-32 rows, 0.8-0.9x from 64;
-//   bfloat16 (the kernel's AVX512-BF16 form): 1.7-5.2x faster than oneDNN's AVX512-BF16 GEMMs
-//     up to 8 rows, 1.0-1.2x at 16, 0.6-1.0x at 32.
+// bfloat16. With AVX-512 (AVX512-BF16 for bfloat16) its panel form, a GEMM micro-kernel that
+// packs the tokens instead of the weights, runs every segment from kPanelMinTokens tokens at
+// 100-120 GFLOP/s in float32 and 220-240 in bfloat16 on one core of the AMD EPYC
+// (AVX512-BF16) these were measured on, where OpenBLAS's sgemm reaches 53-96 and oneDNN's
+// bfloat16 GEMM 168-213 on the same expert shapes (they pack each expert's weights: OpenBLAS's
+// sgemm_oncopy/incopy took 25-36% of a T=256, 16-expert forward); below it the dot-product
+// tiles serve, which beat both libraries there. So on those CPUs the kernel serves every
+// segment. Elsewhere the dot-product tiles serve segments up to the measured crossovers
+// (//benchmarks:moe_benchmark, H 1024, one thread; the segment size is about T*K/E):
+//   float32 with AVX2 only: the kernel is 1.1-3.7x faster than OpenBLAS up to 16-32 rows;
 // Without AVX512-BF16 or AMX, oneDNN's bfloat16 GEMMs run at 26-36 GFLOP/s (measured here with
 // ONEDNN_MAX_CPU_ISA=AVX512_CORE), below the kernel's ~50, so the kernel serves every segment
 // below kUpcastMin rows, from which the dispatch upcasts to a float32 GEMM. AMX runs oneDNN at
-// ~270 GFLOP/s per core (shared/ENVIRONMENT.md); no AMX machine was at hand to measure the
-// crossover, so there the kernel keeps to segments of up to 8 rows, where packing dominates.
+// ~270 GFLOP/s per core (shared/ENVIRONMENT.md), above AVX512-BF16's peak; no AMX machine was
+// at hand to measure the crossover, so there bfloat16 keeps to the kernel for segments of up
+// to 8 rows, where packing dominates.
 int64_t KernelMaxRows(at::ScalarType dtype) {
-  if (dtype == at::kFloat) return 24;
-  if (Bf16Units().amx) return 8;
-  if (Bf16Units().avx512_bf16) return 24;
+  const bool bf16 = dtype == at::kBFloat16;
+  if (bf16 && Bf16Units().amx) return 8;
+  if (HasPanelForm(BestKernelIsa(), bf16)) return std::numeric_limits<int64_t>::max();
+  if (!bf16) return 24;
   return kUpcastMin - 1;
 }
 
@@ -330,10 +334,11 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
   std::vector<float*> y_rows;
   const int64_t kernel_max_rows = kernel ? KernelMaxRows(xd.scalar_type()) : 0;
   if (plan.min_count <= kernel_max_rows) {
+    const int64_t rows = std::min(plan.max_count, kernel_max_rows);
     x32 = xd.to(at::kFloat).contiguous();
-    kscratch = at::empty({SwiGluScratchFloats(H, ie, kernel_max_rows)}, x32.options());
-    x_rows.resize(kernel_max_rows);
-    y_rows.resize(kernel_max_rows);
+    kscratch = at::empty({SwiGluScratchFloats(H, ie, rows)}, x32.options());
+    x_rows.resize(rows);
+    y_rows.resize(rows);
   }
   ForEachSegment(plan, [&](size_t j) {
     const int64_t b = plan.begin[j], n = plan.count[j];

@@ -254,9 +254,10 @@ TEST(DispatchTest, RunsInInferenceMode) {
 }
 
 TEST(DispatchTest, InferenceAndTrainingForwardsAgree) {
-  // Without a gradient to take, the dispatch skips the autograd node and its saved buffers. The
-  // arithmetic is the same in bfloat16, so the outputs are identical bit for bit; float32
-  // inference runs small segments' GEMMs feature-major, which a BLAS may sum in another order.
+  // Without a gradient to take, the dispatch skips the autograd node and its saved buffers, and
+  // on the CPU runs the hand-written kernel where training runs GEMMs: the same products summed
+  // in another order. In bfloat16 both round the tokens and the weighted activations to
+  // bfloat16, so an activation can land one bfloat16 step (2^-8 relative) apart.
   at::manual_seed(8);
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
     ExpertStacks s = RandomStacks(8, 8, 16, 32, dtype);
@@ -265,11 +266,20 @@ TEST(DispatchTest, InferenceAndTrainingForwardsAgree) {
     const at::Tensor inference = SparseMoeForward(x, expert, weight, s);
     const at::Tensor training = SparseMoeForward(x.detach().requires_grad_(true), expert, weight, s);
     ASSERT_TRUE(training.requires_grad());
-    if (dtype == at::kBFloat16) {
-      EXPECT_TRUE(at::equal(inference, training.detach()));
-    } else {
-      EXPECT_LT(RelErr(inference, training.detach()), 1e-6);
+    EXPECT_LT(RelErr(inference, training.detach()), dtype == at::kFloat ? 1e-6 : 1e-2) << dtype;
+    if (dtype == at::kFloat) continue;
+    // In bfloat16 the kernel must not be the less accurate one: its RMS error against float64
+    // at most the GEMM path's (measured: 0.0030 against 0.0044, the GEMM path rounding the
+    // gate and up products to bfloat16 as well).
+    ExpertStacks s64;
+    for (auto [dst, src] : {std::make_pair(&s64.frozen_gate, &s.frozen_gate), std::make_pair(&s64.frozen_up, &s.frozen_up),
+                            std::make_pair(&s64.frozen_down, &s.frozen_down), std::make_pair(&s64.learned_gate, &s.learned_gate),
+                            std::make_pair(&s64.learned_up, &s.learned_up), std::make_pair(&s64.learned_down, &s.learned_down)}) {
+      *dst = src->to(at::kDouble);
     }
+    const at::Tensor exact = ReferenceMoeForward(x.to(at::kDouble), expert, weight.to(at::kDouble), s64);
+    auto rms = [&](const at::Tensor& y) { return (y.detach().to(at::kDouble) - exact).pow(2).mean().sqrt().item<double>(); };
+    EXPECT_LE(rms(inference), rms(training));
   }
 }
 
@@ -311,9 +321,10 @@ TEST(DispatchTest, OneTokenPathMatchesReference) {
 }
 
 TEST(DispatchTest, KernelAndGemmSegmentsInOneCallMatchReference) {
-  // Inference sends small segments through the hand-written kernel and large ones through
-  // GEMMs: expert 0 takes all 48 tokens (a GEMM segment), the other 7 share the second slot
-  // (about 7 rows each, kernel segments). H 72 and Ie 40 leave vector tails in the kernel.
+  // Inference sends segments of different sizes through different code: expert 0 takes all 48
+  // tokens (a GEMM segment, or with AVX-512 the kernel's panel form), the other 7 share the
+  // second slot (about 7 rows each, the kernel's dot-product tiles). H 72 and Ie 40 leave
+  // vector tails in the kernel.
   at::manual_seed(12);
   const int64_t T = 48, H = 72, ie = 40;
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {

@@ -1,5 +1,5 @@
-// Hand-written CPU kernel for a few tokens through one expert (a decode step's work, or an
-// expert's small share of a short batch), used by the dispatch's inference path.
+// Hand-written CPU kernel for tokens through one expert (a decode step's work, or an expert's
+// segment of a batch), used by the dispatch's inference path.
 //
 // Why not ATen: at one token an expert is three matrix-vector products over weights that are
 // read once, so the step is bound by memory bandwidth, and the dozen ATen calls per expert
@@ -23,9 +23,22 @@ namespace llama_moe {
 enum class KernelIsa {
   kPortable,  // plain C++ loops: any CPU
   kAvx2Fma,   // x86-64 with AVX2 and FMA (chosen at run time; the build needs no -m flags)
+  kAvx512,    // and AVX-512F: float32 weights run segments of kPanelMinTokens and more in the
+              // panel form (bfloat16 weights use the AVX2 form)
   kAvx512Bf16,  // and AVX512-BF16: bfloat16 weights multiply bfloat16-rounded tokens and
-                // activations with VDPBF16PS (float32 weights use the AVX2 form)
+                // activations with VDPBF16PS, in the panel form from kPanelMinTokens tokens
+                // (float32 weights as kAvx512)
 };
+
+// From this many tokens the AVX-512 forms run the panel form: a GEMM micro-kernel that packs the
+// tokens instead of the weights and runs at the FMA units' rate (faster than OpenBLAS's and
+// oneDNN's GEMMs on expert shapes at every token count measured, see expert_kernels.cc). Below
+// it a 16-token vector would be mostly padding, and the dot-product tiles serve.
+constexpr int64_t kPanelMinTokens = 16;
+
+// Whether `isa` has the panel form for float32 (bfloat16_weights false) or bfloat16 weights
+// and this CPU runs it.
+bool HasPanelForm(KernelIsa isa, bool bfloat16_weights);
 
 // The fastest form this CPU runs.
 KernelIsa BestKernelIsa();
@@ -38,12 +51,12 @@ bool CpuSupports(KernelIsa isa);
 // bfloat16 (`uint16_t`, the raw bits). x_t (at x_rows[t]) and y_t (at y_rows[t], distinct rows)
 // are float32 [H], as is all arithmetic except in the kAvx512Bf16 form, which rounds the tokens
 // and the activations to bfloat16 as a bfloat16 GEMM does; scratch holds
-// SwiGluScratchFloats(H, Ie, n) floats. Each weight row is read
-// once for all n tokens (up to 4 tokens share a register tile), so the kernel suits the small
-// segments of decode steps and short batches, where a GEMM library spends more time packing
-// the weights than multiplying. Rows are split over ATen's intra-op threads and each (row,
-// token) dot product is computed by one thread in a fixed order: the result does not depend on
-// the thread count.
+// SwiGluScratchFloats(H, Ie, n) floats. Below kPanelMinTokens (or without AVX-512) each weight
+// row is read once for all n tokens (up to 4 tokens share a register tile), which suits decode
+// steps, where a GEMM library spends more time packing the weights than multiplying; from
+// kPanelMinTokens the panel form packs the tokens and runs at GEMM speed. Work is split over
+// ATen's intra-op threads by weight rows and each output element is computed by one thread in
+// a fixed order: the result does not depend on the thread count.
 int64_t SwiGluScratchFloats(int64_t H, int64_t Ie, int64_t n);
 void SwiGluAccumulate(const float* gate, const float* up, const float* down, int64_t H, int64_t Ie, int64_t n,
                       const float* const* x_rows, const float* w, float* scratch, float* const* y_rows, KernelIsa isa);

@@ -14,7 +14,7 @@ namespace {
 
 std::vector<KernelIsa> SupportedIsas() {
   std::vector<KernelIsa> isas = {KernelIsa::kPortable};
-  for (KernelIsa isa : {KernelIsa::kAvx2Fma, KernelIsa::kAvx512Bf16}) {
+  for (KernelIsa isa : {KernelIsa::kAvx2Fma, KernelIsa::kAvx512, KernelIsa::kAvx512Bf16}) {
     if (CpuSupports(isa)) isas.push_back(isa);
   }
   return isas;
@@ -82,11 +82,13 @@ double MaxRelErr(const at::Tensor& a, const at::Tensor& ref) {
 
 TEST(ExpertKernelsTest, MatchesFloat64Reference) {
   // Sizes with and without vector tails (the AVX2 tiles step 8 to 64 elements) down to rows
-  // shorter than one vector; token counts of one to several register tiles of 4, with ragged
-  // last tiles.
+  // shorter than one vector, odd lengths (the bfloat16 panel pairs elements) and row counts
+  // that leave partial 12-row panel tiles; token counts of one to several register tiles of 4
+  // with ragged last tiles, and from kPanelMinTokens the panel form's 16- and 32-token blocks
+  // with padded tails.
   for (KernelIsa isa : SupportedIsas()) {
     for (auto [H, Ie] : std::vector<std::pair<int64_t, int64_t>>{{32, 16}, {100, 37}, {7, 3}, {1024, 64}, {257, 129}}) {
-      for (int64_t n : {1, 2, 3, 4, 5, 9}) {
+      for (int64_t n : {1, 2, 3, 4, 5, 9, 16, 17, 32, 45, 64}) {
         for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
           const Case c = MakeCase(H, Ie, n, dtype, 1000 + H + Ie + n);
           // All arithmetic is float32, bfloat16 weights included: only float32 rounding remains.
@@ -107,7 +109,7 @@ TEST(ExpertKernelsTest, VectorFormsAgreeWithPortable) {
   ASSERT_FALSE(SupportedIsas().empty());
   for (KernelIsa isa : SupportedIsas()) {
     for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-      for (int64_t n : {1, 6}) {
+      for (int64_t n : {1, 6, 20, 48}) {
         const Case c = MakeCase(300, 45, n, dtype, 7);
         EXPECT_LT(MaxRelErr(RunKernel(c, isa), RunKernel(c, KernelIsa::kPortable).to(at::kDouble)),
                   RoundsToBf16(isa, dtype) ? 1e-2 : 1e-6)
@@ -120,16 +122,19 @@ TEST(ExpertKernelsTest, VectorFormsAgreeWithPortable) {
 TEST(ExpertKernelsTest, BestIsaIsSupported) { EXPECT_TRUE(CpuSupports(BestKernelIsa())); }
 
 TEST(ExpertKernelsTest, ResultDoesNotDependOnThreadCount) {
-  // Rows are split over threads but each (row, token) dot product is one thread's, in a fixed
-  // order: bitwise equal results with 1 and 2 threads (shapes large enough to be split).
+  // Rows are split over threads but each output element is one thread's, summed in a fixed
+  // order: bitwise equal results with 1 and 2 threads (shapes large enough to be split), for
+  // the dot-product tiles (3 tokens) and the panel form (40).
   const int threads = at::get_num_threads();
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-    const Case c = MakeCase(2048, 512, 3, dtype, 11);
-    at::set_num_threads(1);
-    const at::Tensor one = RunKernel(c, BestKernelIsa());
-    at::set_num_threads(2);
-    const at::Tensor two = RunKernel(c, BestKernelIsa());
-    EXPECT_TRUE(at::equal(one, two)) << dtype;
+    for (int64_t n : {3, 40}) {
+      const Case c = MakeCase(2048, 512, n, dtype, 11);
+      at::set_num_threads(1);
+      const at::Tensor one = RunKernel(c, BestKernelIsa());
+      at::set_num_threads(2);
+      const at::Tensor two = RunKernel(c, BestKernelIsa());
+      EXPECT_TRUE(at::equal(one, two)) << dtype << " n " << n;
+    }
   }
   at::set_num_threads(threads);
 }
