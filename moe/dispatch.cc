@@ -10,6 +10,7 @@
 #include <fstream>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "moe/expert_kernels.h"
@@ -223,11 +224,13 @@ bool KernelServes(const at::Tensor& xd) {
   return xd.is_cpu() && (xd.scalar_type() == at::kFloat || xd.scalar_type() == at::kBFloat16);
 }
 
-// One expert e on n tokens through the kernel: y_rows[t] += w[t] * SwiGLU(x_rows[t]), float32
-// rows. Checks that the weights are what the dispatch expects; weights a cache hands out are
-// usually contiguous views, anything else is copied once.
+// One expert e on n tokens through the kernel: y_rows[t] += w[t] * SwiGLU(x_rows[t]), with x
+// rows of float32 (X float) or, for bfloat16 weights, bfloat16 bits (X uint16_t) and float32
+// output rows. Checks that the weights are what the dispatch expects; weights a cache hands out
+// are usually contiguous views, anything else is copied once.
+template <typename X>
 void KernelExpert(const ExpertMatrices& m, int64_t e, at::ScalarType dtype, int64_t H, int64_t ie, int64_t n,
-                  const float* const* x_rows, const float* w, float* scratch, float* const* y_rows) {
+                  const X* const* x_rows, const float* w, float* scratch, float* const* y_rows) {
   const at::Tensor g = m.gate.contiguous(), u = m.up.contiguous(), d = m.down.contiguous();
   for (const at::Tensor* t : {&g, &u, &d}) {
     TORCH_CHECK(t->is_cpu() && t->scalar_type() == dtype, "expert ", e, ": weights are ", t->toString(),
@@ -236,13 +239,16 @@ void KernelExpert(const ExpertMatrices& m, int64_t e, at::ScalarType dtype, int6
   TORCH_CHECK(g.sizes() == at::IntArrayRef({ie, H}) && u.sizes() == g.sizes() && d.sizes() == at::IntArrayRef({H, ie}),
               "expert ", e, ": gate/up/down of shape ", g.sizes(), "/", u.sizes(), "/", d.sizes(), ", expected [", ie,
               ",", H, "] and [", H, ",", ie, "]");
-  if (dtype == at::kFloat) {
-    SwiGluAccumulate(g.data_ptr<float>(), u.data_ptr<float>(), d.data_ptr<float>(), H, ie, n, x_rows, w, scratch,
-                     y_rows, BestKernelIsa());
-  } else {
-    auto bits = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); };
-    SwiGluAccumulate(bits(g), bits(u), bits(d), H, ie, n, x_rows, w, scratch, y_rows, BestKernelIsa());
+  auto bits = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); };
+  if constexpr (std::is_same<X, float>::value) {
+    if (dtype == at::kFloat) {
+      SwiGluAccumulate(g.data_ptr<float>(), u.data_ptr<float>(), d.data_ptr<float>(), H, ie, n, x_rows, w, scratch,
+                       y_rows, BestKernelIsa());
+      return;
+    }
   }
+  TORCH_CHECK(dtype == at::kBFloat16, "expert ", e, ": the kernel takes ", dtype, " weights with float32 tokens only");
+  SwiGluAccumulate(bits(g), bits(u), bits(d), H, ie, n, x_rows, w, scratch, y_rows, BestKernelIsa());
 }
 
 // Inference on one token (a decode step): its K experts in ascending id order through the
@@ -328,16 +334,23 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
   // (with 8 exact slices the routed model drifted from the dense one by KL 1e-4 per token).
   const bool widen = xd.scalar_type() == at::kBFloat16 || xd.scalar_type() == at::kHalf;
   d.out = at::zeros({T, H}, xd.options().dtype(widen ? at::kFloat : xd.scalar_type()));
-  // Small segments through the kernel: float32 rows of x and of the (float32) output.
-  at::Tensor x32, kscratch;
+  // Segments through the kernel: rows of x as they are (float32, or bfloat16 bits: no float32
+  // copy of a bfloat16 batch) and rows of the float32 output.
+  const bool bf16 = xd.scalar_type() == at::kBFloat16;
+  at::Tensor xk, kscratch;
   std::vector<const float*> x_rows;
+  std::vector<const uint16_t*> xb_rows;
   std::vector<float*> y_rows;
   const int64_t kernel_max_rows = kernel ? KernelMaxRows(xd.scalar_type()) : 0;
   if (plan.min_count <= kernel_max_rows) {
     const int64_t rows = std::min(plan.max_count, kernel_max_rows);
-    x32 = xd.to(at::kFloat).contiguous();
-    kscratch = at::empty({SwiGluScratchFloats(H, ie, rows)}, x32.options());
-    x_rows.resize(rows);
+    xk = xd.contiguous();
+    kscratch = at::empty({SwiGluScratchFloats(H, ie, rows)}, d.out.options());
+    if (bf16) {
+      xb_rows.resize(rows);
+    } else {
+      x_rows.resize(rows);
+    }
     y_rows.resize(rows);
   }
   ForEachSegment(plan, [&](size_t j) {
@@ -346,11 +359,21 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
     if (n <= kernel_max_rows) {
       const int64_t* tok = d.token.data_ptr<int64_t>() + b;
       for (int64_t t = 0; t < n; ++t) {
-        x_rows[t] = x32.data_ptr<float>() + tok[t] * H;
+        if (bf16) {
+          xb_rows[t] = reinterpret_cast<const uint16_t*>(xk.data_ptr<at::BFloat16>()) + tok[t] * H;
+        } else {
+          x_rows[t] = xk.data_ptr<float>() + tok[t] * H;
+        }
         y_rows[t] = d.out.data_ptr<float>() + tok[t] * H;
       }
-      KernelExpert(w, plan.expert[j], xd.scalar_type(), H, ie, n, x_rows.data(), d.w_sorted.data_ptr<float>() + b,
-                   kscratch.data_ptr<float>(), y_rows.data());
+      const float* ws = d.w_sorted.data_ptr<float>() + b;
+      if (bf16) {
+        KernelExpert(w, plan.expert[j], xd.scalar_type(), H, ie, n, xb_rows.data(), ws, kscratch.data_ptr<float>(),
+                     y_rows.data());
+      } else {
+        KernelExpert(w, plan.expert[j], xd.scalar_type(), H, ie, n, x_rows.data(), ws, kscratch.data_ptr<float>(),
+                     y_rows.data());
+      }
       return;
     }
     const at::Tensor tok = d.token.narrow(0, b, n);

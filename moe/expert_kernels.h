@@ -63,6 +63,11 @@ void SwiGluAccumulate(const float* gate, const float* up, const float* down, int
 void SwiGluAccumulate(const uint16_t* gate, const uint16_t* up, const uint16_t* down, int64_t H, int64_t Ie,
                       int64_t n, const float* const* x_rows, const float* w, float* scratch, float* const* y_rows,
                       KernelIsa isa);
+// The same with bfloat16 tokens (raw bits): a bfloat16 model's hidden states as they are, without
+// a float32 copy. Equal to the float32-token form on the same (bfloat16-exact) values.
+void SwiGluAccumulate(const uint16_t* gate, const uint16_t* up, const uint16_t* down, int64_t H, int64_t Ie,
+                      int64_t n, const uint16_t* const* x_rows, const float* w, float* scratch, float* const* y_rows,
+                      KernelIsa isa);
 
 }  // namespace llama_moe
 

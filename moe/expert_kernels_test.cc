@@ -119,6 +119,37 @@ TEST(ExpertKernelsTest, VectorFormsAgreeWithPortable) {
   }
 }
 
+// The kernel on bfloat16 weights with the tokens passed as bfloat16 rows.
+at::Tensor RunKernelBf16Tokens(const Case& c, KernelIsa isa) {
+  const int64_t Ie = c.gate.size(0), H = c.gate.size(1), n = c.x.size(0);
+  at::Tensor y = c.y0.clone(), scratch = at::empty({SwiGluScratchFloats(H, Ie, n)});
+  const at::Tensor xb = c.x.to(at::kBFloat16).contiguous();
+  auto bits = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); };
+  const at::Tensor w = c.w.flip(0).contiguous();
+  std::vector<const uint16_t*> x_rows;
+  std::vector<float*> y_rows;
+  for (int64_t t = n - 1; t >= 0; --t) {  // in RunKernel's order: tiles group the same tokens
+    x_rows.push_back(bits(xb) + t * H);
+    y_rows.push_back(y.data_ptr<float>() + t * H);
+  }
+  SwiGluAccumulate(bits(c.gate), bits(c.up), bits(c.down), H, Ie, n, x_rows.data(), w.data_ptr<float>(),
+                   scratch.data_ptr<float>(), y_rows.data(), isa);
+  return y;
+}
+
+TEST(ExpertKernelsTest, Bfloat16TokenRowsEqualFloat32Rows) {
+  // A bfloat16 model's hidden states go to the kernel as they are; on bfloat16-exact values the
+  // result is bit for bit that of the float32-token form, in every form (dot tiles, panel with
+  // an odd H and partial blocks).
+  for (KernelIsa isa : SupportedIsas()) {
+    for (int64_t n : {3, 17, 45}) {
+      Case c = MakeCase(301, 45, n, at::kBFloat16, 21 + n);
+      c.x = c.x.to(at::kBFloat16).to(at::kFloat);
+      EXPECT_TRUE(at::equal(RunKernelBf16Tokens(c, isa), RunKernel(c, isa))) << "isa " << int(isa) << " n " << n;
+    }
+  }
+}
+
 TEST(ExpertKernelsTest, BestIsaIsSupported) { EXPECT_TRUE(CpuSupports(BestKernelIsa())); }
 
 TEST(ExpertKernelsTest, ResultDoesNotDependOnThreadCount) {
