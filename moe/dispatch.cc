@@ -196,22 +196,22 @@ void ExpertSwiGluInto(const ExpertMatrices& m, const at::Tensor& xs, const at::T
 }
 
 // The hand-written kernel (moe/expert_kernels.h) serves inference on the CPU in float32 and
-// bfloat16. With AVX-512 (AVX512-BF16 for bfloat16) its panel form, a GEMM micro-kernel that
-// packs the tokens instead of the weights, runs every segment from kPanelMinTokens tokens at
-// 100-120 GFLOP/s in float32 and 220-240 in bfloat16 on one core of the AMD EPYC
-// (AVX512-BF16) these were measured on, where OpenBLAS's sgemm reaches 53-96 and oneDNN's
-// bfloat16 GEMM 168-213 on the same expert shapes (they pack each expert's weights: OpenBLAS's
-// sgemm_oncopy/incopy took 25-36% of a T=256, 16-expert forward); below it the dot-product
-// tiles serve, which beat both libraries there. So on those CPUs the kernel serves every
-// segment. Elsewhere the dot-product tiles serve segments up to the measured crossovers
-// (//benchmarks:moe_benchmark, H 1024, one thread; the segment size is about T*K/E):
-//   float32 with AVX2 only: the kernel is 1.1-3.7x faster than OpenBLAS up to 16-32 rows;
+// bfloat16. The GEMM libraries pack (copy) each expert's weights before multiplying, a large
+// share of the work when an expert sees a few dozen tokens (OpenBLAS's sgemm_oncopy/incopy took
+// 25-36% of a T=256, 16-expert forward). With AVX-512 (AVX512-BF16 for bfloat16) the kernel's
+// panel form packs the tokens instead and its tiles run at 110-120 GFLOP/s in float32 and
+// 220-240 in bfloat16 on one core of the AMD EPYC (AVX512-BF16) they were measured on, where
+// OpenBLAS's sgemm reaches 53-96 and oneDNN's bfloat16 GEMM 168-213 on the same expert shapes;
+// below kPanelMinTokens its dot-product tiles beat both. So there the kernel serves every
+// segment. Elsewhere the dot-product tiles serve segments up to measured crossovers
+// (//benchmarks:moe_benchmark, H 1024, one thread; the segment size is about T*K/E): float32
+// with AVX2, 24 rows (1.1-3.7x faster than OpenBLAS up to 16-32 rows, 0.8-0.9x from 64).
 // Without AVX512-BF16 or AMX, oneDNN's bfloat16 GEMMs run at 26-36 GFLOP/s (measured here with
-// ONEDNN_MAX_CPU_ISA=AVX512_CORE), below the kernel's ~50, so the kernel serves every segment
-// below kUpcastMin rows, from which the dispatch upcasts to a float32 GEMM. AMX runs oneDNN at
-// ~270 GFLOP/s per core (shared/ENVIRONMENT.md), above AVX512-BF16's peak; no AMX machine was
-// at hand to measure the crossover, so there bfloat16 keeps to the kernel for segments of up
-// to 8 rows, where packing dominates.
+// ONEDNN_MAX_CPU_ISA=AVX512_CORE), below the dot tiles' ~50, so they serve every segment below
+// kUpcastMin rows, from which the dispatch upcasts to a float32 GEMM. AMX runs oneDNN at ~270
+// GFLOP/s per core (shared/ENVIRONMENT.md), above AVX512-BF16's peak; no AMX machine was at hand
+// to measure the crossover, so there bfloat16 keeps to the kernel for segments of up to 8 rows,
+// where packing dominates.
 int64_t KernelMaxRows(at::ScalarType dtype) {
   const bool bf16 = dtype == at::kBFloat16;
   if (bf16 && Bf16Units().amx) return 8;
