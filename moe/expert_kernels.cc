@@ -218,16 +218,31 @@ struct PanelShape<uint16_t> {
   static constexpr int kRows = 12, kBlock = 32;
 };
 
-// c[r*ldc + t] = rows r of w (row stride ldw) . panel column t, for R rows and 16*NV tokens.
+// The accumulators of an R x 16*NV tile: zeroed, and stored to rows of c (row stride ldc).
 template <int R, int NV>
-LLAMA_MOE_AVX512 void PanelTileF32(const float* w, int64_t ldw, const float* p, int64_t len, float* c,
-                                   int64_t ldc) {
-  __m512 acc[R][NV];
+LLAMA_MOE_AVX512 inline void ZeroTile(__m512 (&acc)[R][NV]) {
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
   }
+}
+
+template <int R, int NV>
+LLAMA_MOE_AVX512 inline void StoreTile(const __m512 (&acc)[R][NV], float* c, int64_t ldc) {
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+  }
+}
+
+// c[r*ldc + t] = rows r of w (row stride ldw) . panel column t, for R rows and 16*NV tokens.
+template <int R, int NV>
+LLAMA_MOE_AVX512 void PanelTileF32(const float* w, int64_t ldw, const float* p, int64_t len, float* c,
+                                   int64_t ldc) {
+  __m512 acc[R][NV];
+  ZeroTile(acc);
   for (int64_t k = 0; k < len; ++k) {
     __m512 pv[NV];
 #pragma GCC unroll 4
@@ -239,11 +254,7 @@ LLAMA_MOE_AVX512 void PanelTileF32(const float* w, int64_t ldw, const float* p, 
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(b, pv[v], acc[r][v]);
     }
   }
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
-  }
+  StoreTile(acc, c, ldc);
 }
 
 // bfloat16: each step broadcasts a pair of adjacent weights (one 32-bit word) and VDPBF16PS
@@ -273,19 +284,11 @@ template <int R, int NV>
 LLAMA_MOE_AVX512BF16 void PanelTileBf16(const uint16_t* w, int64_t ldw, const uint16_t* p, int64_t len, float* c,
                                         int64_t ldc) {
   __m512 acc[R][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
-  }
+  ZeroTile(acc);
   int64_t k = 0;
   for (; k + 2 <= len; k += 2) PanelStepBf16<R, NV, false>(acc, w, ldw, p, k);
   if (k < len) PanelStepBf16<R, NV, true>(acc, w, ldw, p, k);
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
-  }
+  StoreTile(acc, c, ldc);
 }
 #endif  // LLAMA_MOE_HAVE_X86_KERNELS
 
