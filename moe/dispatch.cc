@@ -322,13 +322,19 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
   // float32 whatever x's dtype: the activations are weighted in float32.
   d.w_sorted = weight.detach().reshape({P}).index_select(0, d.order).to(at::kFloat);
   const Plan plan = MakePlan(d.counts);
-  const int64_t rows = keep ? P : plan.max_count;
-  d.g = at::empty({rows, ie}, xd.options());
-  d.u = at::empty({rows, ie}, xd.options());
-  // Each expert's rows of x are gathered into, and its output scattered from, one [max n,H]
-  // buffer reused by every expert: [T*K,H] buffers would be fresh pages on every call (large
-  // allocations are mmap'ed) and fall out of cache between the gather and the GEMMs.
-  at::Tensor xbuf = at::empty({plan.max_count, H}, xd.options()), ybuf = at::empty({plan.max_count, H}, xd.options());
+  const int64_t kernel_max_rows = kernel ? KernelMaxRows(xd.scalar_type()) : 0;
+  // The GEMM path's buffers, for segments the kernel does not take (training saves g and u).
+  at::Tensor xbuf, ybuf;
+  if (keep || plan.max_count > kernel_max_rows) {
+    const int64_t rows = keep ? P : plan.max_count;
+    d.g = at::empty({rows, ie}, xd.options());
+    d.u = at::empty({rows, ie}, xd.options());
+    // Each expert's rows of x are gathered into, and its output scattered from, one [max n,H]
+    // buffer reused by every expert: [T*K,H] buffers would be fresh pages on every call (large
+    // allocations are mmap'ed) and fall out of cache between the gather and the GEMMs.
+    xbuf = at::empty({plan.max_count, H}, xd.options());
+    ybuf = at::empty({plan.max_count, H}, xd.options());
+  }
   // bfloat16/float16 outputs are summed over the K experts of a token in float32 and rounded
   // once at the end, as the dense FFN's GEMM rounds once: summing in bfloat16 rounded K times
   // (with 8 exact slices the routed model drifted from the dense one by KL 1e-4 per token).
@@ -336,21 +342,16 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
   d.out = at::zeros({T, H}, xd.options().dtype(widen ? at::kFloat : xd.scalar_type()));
   // Segments through the kernel: rows of x as they are (float32, or bfloat16 bits: no float32
   // copy of a bfloat16 batch) and rows of the float32 output.
-  const bool bf16 = xd.scalar_type() == at::kBFloat16;
   at::Tensor xk, kscratch;
   std::vector<const float*> x_rows;
   std::vector<const uint16_t*> xb_rows;
   std::vector<float*> y_rows;
-  const int64_t kernel_max_rows = kernel ? KernelMaxRows(xd.scalar_type()) : 0;
   if (plan.min_count <= kernel_max_rows) {
     const int64_t rows = std::min(plan.max_count, kernel_max_rows);
     xk = xd.contiguous();
     kscratch = at::empty({SwiGluScratchFloats(H, ie, rows)}, d.out.options());
-    if (bf16) {
-      xb_rows.resize(rows);
-    } else {
-      x_rows.resize(rows);
-    }
+    x_rows.resize(rows);
+    xb_rows.resize(rows);
     y_rows.resize(rows);
   }
   ForEachSegment(plan, [&](size_t j) {
@@ -358,21 +359,18 @@ Dispatched DispatchForward(const at::Tensor& xd, const at::Tensor& expert, const
     const ExpertMatrices w = get(plan.expert[j]);
     if (n <= kernel_max_rows) {
       const int64_t* tok = d.token.data_ptr<int64_t>() + b;
-      for (int64_t t = 0; t < n; ++t) {
-        if (bf16) {
-          xb_rows[t] = reinterpret_cast<const uint16_t*>(xk.data_ptr<at::BFloat16>()) + tok[t] * H;
-        } else {
-          x_rows[t] = xk.data_ptr<float>() + tok[t] * H;
+      auto run = [&](auto* x_base, auto& rows) {
+        for (int64_t t = 0; t < n; ++t) {
+          rows[t] = x_base + tok[t] * H;
+          y_rows[t] = d.out.data_ptr<float>() + tok[t] * H;
         }
-        y_rows[t] = d.out.data_ptr<float>() + tok[t] * H;
-      }
-      const float* ws = d.w_sorted.data_ptr<float>() + b;
-      if (bf16) {
-        KernelExpert(w, plan.expert[j], xd.scalar_type(), H, ie, n, xb_rows.data(), ws, kscratch.data_ptr<float>(),
-                     y_rows.data());
+        KernelExpert(w, plan.expert[j], xd.scalar_type(), H, ie, n, rows.data(), d.w_sorted.data_ptr<float>() + b,
+                     kscratch.data_ptr<float>(), y_rows.data());
+      };
+      if (xd.scalar_type() == at::kBFloat16) {
+        run(reinterpret_cast<const uint16_t*>(xk.data_ptr<at::BFloat16>()), xb_rows);
       } else {
-        KernelExpert(w, plan.expert[j], xd.scalar_type(), H, ie, n, x_rows.data(), ws, kscratch.data_ptr<float>(),
-                     y_rows.data());
+        run(xk.data_ptr<float>(), x_rows);
       }
       return;
     }

@@ -129,6 +129,15 @@ LLAMA_MOE_AVX2 void DotTileAvx2(const W* const* rows, const float* const* v, int
 // bfloat16 (the GEMM path rounds them too). Tails use masked loads.
 #define LLAMA_MOE_AVX512BF16 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512bf16")))
 
+// Masks of the first `left` of 16 or 32 lanes (all when left is larger, none when it is not
+// positive), for tails.
+inline __mmask16 Mask16(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << std::max<int64_t>(left, 0)) - 1);
+}
+inline __mmask32 Mask32(int64_t left) {
+  return left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((uint64_t{1} << std::max<int64_t>(left, 0)) - 1);
+}
+
 template <int R, int NT>
 LLAMA_MOE_AVX512BF16 void DotTileDpBf16(const uint16_t* const* rows, const uint16_t* const* v, int64_t len,
                                         float* out) {
@@ -158,8 +167,7 @@ LLAMA_MOE_AVX512BF16 void DotTileDpBf16(const uint16_t* const* rows, const uint1
     }
   }
   for (; i < len; i += 32) {
-    const int64_t left = len - i;
-    const __mmask32 mask = left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((uint64_t{1} << left) - 1);
+    const __mmask32 mask = Mask32(len - i);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512i wv = _mm512_maskz_loadu_epi16(mask, rows[r] + i);
@@ -486,10 +494,6 @@ LLAMA_MOE_AVX512 inline void Transpose16(__m512 r[16]) {
   }
 }
 
-inline __mmask16 Mask16(int64_t left) {
-  return left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << std::max<int64_t>(left, 0)) - 1);
-}
-
 // 16 floats of p from element k, zeros beyond len and for a pad token (p null).
 LLAMA_MOE_AVX512 inline __m512 LoadRow(const float* p, int64_t k, int64_t len) {
   if (p == nullptr || k >= len) return _mm512_setzero_ps();
@@ -539,9 +543,7 @@ LLAMA_MOE_AVX512BF16 inline __m512 LoadPairs(const float* p, int64_t k, int64_t 
 }
 LLAMA_MOE_AVX512BF16 inline __m512 LoadPairs(const uint16_t* p, int64_t k, int64_t len) {
   if (p == nullptr || k >= len) return _mm512_setzero_ps();
-  const int64_t left = len - k;
-  const __mmask32 mask = left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((uint64_t{1} << left) - 1);
-  return _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask, p + k));
+  return _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(Mask32(len - k), p + k));
 }
 
 // Packs rows x_rows[0..n) of length len (float32 or bfloat16) into the bfloat16 pair panel of
