@@ -500,8 +500,9 @@ LLAMA_MOE_AVX512 inline __m512 LoadRow(const float* p, int64_t k, int64_t len) {
   return _mm512_maskz_loadu_ps(Mask16(len - k), p + k);
 }
 
-// silu(g) = g / (1 + exp(-g)), exp by Cody-Waite reduction and a degree-6 polynomial (within
-// 2 ulp of expf). Large |g| saturate as silu does: g for g >> 0, -0 for g << 0; NaN stays NaN.
+// silu(g) = g / (1 + exp(-g)), exp by Cody-Waite reduction and a degree-6 polynomial (measured
+// against float64 over [-87, 87]: exp within 2.7 ulp, silu within 3.9). Large |g| saturate as
+// silu does: g for g >> 0, -0 for g << 0; NaN stays NaN.
 LLAMA_MOE_AVX512 inline __m512 Silu(__m512 g) {
   const __m512 x = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), g), _mm512_set1_ps(-100.0f)),
                                  _mm512_set1_ps(100.0f));
