@@ -22,9 +22,9 @@ at::Tensor RandomWeight(std::vector<int64_t> shape, at::ScalarType dtype, at::Ge
   return (at::randn(shape, gen, at::TensorOptions().dtype(at::kFloat)) / std::sqrt(fan_in)).to(dtype);
 }
 
-ExpertStacks RandomExpertStacks(int64_t frozen, int64_t learned, int64_t ie, int64_t h, at::ScalarType dtype,
-                                at::Generator& gen) {
-  ExpertStacks s;
+ExpertBank RandomExpertBank(int64_t frozen, int64_t learned, int64_t ie, int64_t h, at::ScalarType dtype,
+                              at::Generator& gen) {
+  ExpertBank s;
   s.frozen_gate = RandomWeight({frozen, ie, h}, dtype, gen);
   s.frozen_up = RandomWeight({frozen, ie, h}, dtype, gen);
   s.frozen_down = RandomWeight({frozen, h, ie}, dtype, gen);

@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "moe/dispatch.h"
+#include "moe/expert_bank.h"
 
 namespace llama_moe {
 
@@ -22,8 +22,8 @@ void SetBenchThreads();
 at::Tensor RandomWeight(std::vector<int64_t> shape, at::ScalarType dtype, at::Generator& gen);
 
 // An expert bank of `frozen` + `learned` experts of width `ie` on hidden size `h`.
-ExpertStacks RandomExpertStacks(int64_t frozen, int64_t learned, int64_t ie, int64_t h, at::ScalarType dtype,
-                                at::Generator& gen);
+ExpertBank RandomExpertBank(int64_t frozen, int64_t learned, int64_t ie, int64_t h, at::ScalarType dtype,
+                              at::Generator& gen);
 
 }  // namespace llama_moe
 

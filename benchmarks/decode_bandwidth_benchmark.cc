@@ -129,13 +129,13 @@ double ReadBandwidth() {
 
 
 // One expert bank per dtype, built once: 8 frozen and 8 learned experts.
-const ExpertStacks& Stacks(int bf16) {
-  static std::map<int, ExpertStacks> cache;
+const ExpertBank& Bank(int bf16) {
+  static std::map<int, ExpertBank> cache;
   auto it = cache.find(bf16);
   if (it != cache.end()) return it->second;
   const at::ScalarType dtype = bf16 ? at::kBFloat16 : at::kFloat;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(100 + bf16);
-  return cache.emplace(bf16, RandomExpertStacks(kFrozen, kLearned, kIe, kH, dtype, gen)).first->second;
+  return cache.emplace(bf16, RandomExpertBank(kFrozen, kLearned, kIe, kH, dtype, gen)).first->second;
 }
 
 // The dense baseline's weights per (K, dtype), built once: gate/up [K*Ie,H], down [H,K*Ie].
@@ -197,7 +197,7 @@ void BM_Decode(benchmark::State& state, Method method) {
   // (plain counters, so that they print as fractions rather than as rates).
   std::chrono::steady_clock::time_point t0;
   if (method == kSparse) {
-    const ExpertStacks& s = Stacks(bf16);
+    const ExpertBank& s = Bank(bf16);
     active = std::get<0>(at::_unique(expert.reshape({-1}))).numel();
     t0 = std::chrono::steady_clock::now();
     for (auto _ : state) benchmark::DoNotOptimize(SparseMoeForward(x, expert, weight, s));

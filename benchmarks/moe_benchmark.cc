@@ -2,11 +2,12 @@
 // forward+backward, against three baselines measured in the same binary:
 //   dense   a dense SwiGLU FFN with the same *active* parameters (intermediate K*Ie), the cost
 //           a sparse layer should approach;
-//   seed    SeedStyleMoeForward: every expert chosen by any token runs on all T tokens;
+//   original AllTokensMoeForward, the original project's method: every expert chosen by any
+//            token runs on all T tokens;
 //   mixtral MixtralLoopMoeForward: Hugging Face's per-expert loop with one_hot masks.
 //
 // Sizes: H 1024 and a total FFN intermediate of 4096 split into E experts (Ie = 4096/E), the
-// shape of a small Llama layer. Larger layers (H 4096) make the T=2048 seed baseline and the
+// shape of a small Llama layer. Larger layers (H 4096) make the T=2048 original-method baseline and the
 // backward runs take tens of seconds each on the 2 shared cores, which would push the sweep past a
 // few minutes; smaller ones (H 256) make every run dispatch-overhead bound and say little about
 // real layers. Routing is uniform random top-K (K distinct experts per token, fixed seed) with
@@ -49,6 +50,7 @@
 #include <vector>
 
 #include "benchmarks/bench_util.h"
+#include "benchmarks/moe_baselines.h"
 #include "moe/dispatch.h"
 
 namespace llama_moe {
@@ -57,7 +59,7 @@ namespace {
 constexpr int64_t kH = 1024;        // hidden size H
 constexpr int64_t kITotal = 4096;   // total FFN intermediate, split into E experts of Ie
 
-enum Method { kSparse, kSeed, kMixtral, kDense };
+enum Method { kSparse, kAllTokens, kMixtral, kDense };
 
 // Receives every CPU allocation and free made through c10's default CPU allocator on this thread
 // (and on autograd's worker, which inherits the thread-local state) while installed, and keeps
@@ -100,21 +102,21 @@ int64_t PeakBytes(F&& f) {
 
 
 // One expert bank per (E, dtype), built once: E/2 frozen and E/2 learned experts.
-const ExpertStacks& Stacks(int64_t E, int bf16) {
-  static std::map<std::pair<int64_t, int>, ExpertStacks> cache;
+const ExpertBank& Bank(int64_t E, int bf16) {
+  static std::map<std::pair<int64_t, int>, ExpertBank> cache;
   auto it = cache.find({E, bf16});
   if (it != cache.end()) return it->second;
   const at::ScalarType dtype = bf16 ? at::kBFloat16 : at::kFloat;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(100 + E);
   const int64_t ie = kITotal / E, nf = E / 2, nl = E - nf;
-  return cache.emplace(std::make_pair(E, bf16), RandomExpertStacks(nf, nl, ie, kH, dtype, gen)).first->second;
+  return cache.emplace(std::make_pair(E, bf16), RandomExpertBank(nf, nl, ie, kH, dtype, gen)).first->second;
 }
 
 struct Inputs {
   at::Tensor x;       // [T,H]
   at::Tensor expert;  // [T,K] int64, K distinct uniform experts per token
   at::Tensor weight;  // [T,K] float32, positive, rows sum to 1
-  ExpertStacks stacks;
+  ExpertBank experts;
   at::Tensor dense_gate, dense_up, dense_down;  // [K*Ie,H], [K*Ie,H], [H,K*Ie]
   int64_t active = 0;                           // distinct experts in `expert`
 };
@@ -135,7 +137,7 @@ Inputs MakeInputs(int64_t T, int64_t E, int64_t K, int bf16, Method method) {
     in.dense_up = RandomWeight({i, kH}, dtype, gen);
     in.dense_down = RandomWeight({kH, i}, dtype, gen);
   } else {
-    in.stacks = Stacks(E, bf16);
+    in.experts = Bank(E, bf16);
   }
   return in;
 }
@@ -143,11 +145,11 @@ Inputs MakeInputs(int64_t T, int64_t E, int64_t K, int bf16, Method method) {
 at::Tensor Run(Method method, const Inputs& in) {
   switch (method) {
     case kSparse:
-      return SparseMoeForward(in.x, in.expert, in.weight, in.stacks);
-    case kSeed:
-      return SeedStyleMoeForward(in.x, in.expert, in.weight, in.stacks);
+      return SparseMoeForward(in.x, in.expert, in.weight, in.experts);
+    case kAllTokens:
+      return AllTokensMoeForward(in.x, in.expert, in.weight, in.experts);
     case kMixtral:
-      return MixtralLoopMoeForward(in.x, in.expert, in.weight, in.stacks);
+      return MixtralLoopMoeForward(in.x, in.expert, in.weight, in.experts);
     case kDense:
       return at::matmul(at::silu(at::matmul(in.x, in.dense_gate.t())) * at::matmul(in.x, in.dense_up.t()),
                         in.dense_down.t());
@@ -188,13 +190,13 @@ void BM_MoeForwardBackward(benchmark::State& state, Method method) {
     wrt.push_back(in.dense_down.set_requires_grad(true));
   } else {
     // Fresh leaves per benchmark: the cached bank stays free of autograd state.
-    in.stacks.learned_gate = in.stacks.learned_gate.detach().requires_grad_(true);
-    in.stacks.learned_up = in.stacks.learned_up.detach().requires_grad_(true);
-    in.stacks.learned_down = in.stacks.learned_down.detach().requires_grad_(true);
+    in.experts.learned_gate = in.experts.learned_gate.detach().requires_grad_(true);
+    in.experts.learned_up = in.experts.learned_up.detach().requires_grad_(true);
+    in.experts.learned_down = in.experts.learned_down.detach().requires_grad_(true);
     wrt.push_back(in.weight.set_requires_grad(true));
-    wrt.push_back(in.stacks.learned_gate);
-    wrt.push_back(in.stacks.learned_up);
-    wrt.push_back(in.stacks.learned_down);
+    wrt.push_back(in.experts.learned_gate);
+    wrt.push_back(in.experts.learned_up);
+    wrt.push_back(in.experts.learned_down);
   }
   const at::Tensor probe = at::randn_like(in.x);
   // torch::autograd::grad returns fresh gradients instead of accumulating into .grad().
@@ -211,7 +213,7 @@ void BM_MoeForwardBackward(benchmark::State& state, Method method) {
 // Ie = 4096/E shrinks as E grows), K in {1, 2, 4, 8}, float32 and bfloat16; every method, forward
 // and forward+backward. At 1 thread the whole binary takes about half an hour with 2 repetitions,
 // most of it bfloat16 at T 2048 (bf16 matmul is 3-4x slower than f32 on CPUs without
-// AVX512-BF16/AMX) and the seed method there (it runs every expert on every token). Use
+// AVX512-BF16/AMX) and the original method there (it runs every expert on every token). Use
 // --benchmark_filter to run a slice, e.g. 'T:512/'.
 void SweepArgs(benchmark::internal::Benchmark* b) {
   b->ArgNames({"T", "E", "K", "bf16"});
@@ -231,11 +233,11 @@ void SweepArgs(benchmark::internal::Benchmark* b) {
 
 MOE_BENCHMARK(BM_MoeForward, sparse, kSparse, SweepArgs);
 MOE_BENCHMARK(BM_MoeForward, dense, kDense, SweepArgs);
-MOE_BENCHMARK(BM_MoeForward, seed, kSeed, SweepArgs);
+MOE_BENCHMARK(BM_MoeForward, original, kAllTokens, SweepArgs);
 MOE_BENCHMARK(BM_MoeForward, mixtral, kMixtral, SweepArgs);
 MOE_BENCHMARK(BM_MoeForwardBackward, sparse, kSparse, SweepArgs);
 MOE_BENCHMARK(BM_MoeForwardBackward, dense, kDense, SweepArgs);
-MOE_BENCHMARK(BM_MoeForwardBackward, seed, kSeed, SweepArgs);
+MOE_BENCHMARK(BM_MoeForwardBackward, original, kAllTokens, SweepArgs);
 MOE_BENCHMARK(BM_MoeForwardBackward, mixtral, kMixtral, SweepArgs);
 
 }  // namespace

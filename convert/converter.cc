@@ -1,98 +1,135 @@
 #include "convert/converter.h"
 
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <openssl/evp.h>
 
-#include <ATen/Parallel.h>
-
-#include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cmath>
-#include <cstdio>
 #include <fstream>
 #include <future>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "convert/moe_config.h"
-#include "convert/moe_layout.h"
+#include "convert/learned_init.h"
+#include "convert/partition.h"
 #include "convert/recipe.h"
+#include "convert/router_init.h"
 #include "model/checkpoint.h"
-#include "model/checkpoint_writer.h"
-#include "model/file_util.h"
 #include "model/llama_layout.h"
+#include "model/model_format.h"
 #include "model/safetensors.h"
 #include "model/status_macros.h"
+#include "moe/moe_config.h"
+#include "moe/moe_layout.h"
 #include "nlohmann/json.hpp"
 
 namespace llama_moe {
 namespace {
-
-// Independent random streams per (seed, layer, purpose), so that outputs do not depend on the
-// order in which tensors are produced.
-at::Generator Stream(uint64_t seed, int64_t layer, int purpose, int64_t chunk = 0) {
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(layer) * 0x100000001B3ull +
-               static_cast<uint64_t>(purpose) * 0xC2B2AE3D27D4EB4Full + static_cast<uint64_t>(chunk) * 0x165667B19E3779F9ull;
-  x ^= x >> 33;
-  return at::make_generator<at::CPUGeneratorImpl>(x);
-}
-enum Purpose { kPermutation = 1, kNoiseGate, kNoiseUp, kNoiseDown, kDropNeurons, kRouter };
-
-// t += N(0, std^2) elementwise, t contiguous float32. Drawing normals is the converter's most
-// expensive step (one generator fills ~55M floats/s: minutes for Llama 3 8B), so fixed chunks of
-// 2^20 elements each get their own stream (seed, layer, purpose, chunk) and run on the intra-op
-// threads: the values depend on the seed only, not on the thread count.
-void AddGaussianNoise(at::Tensor& t, double std, uint64_t seed, int64_t layer, int purpose) {
-  at::Tensor flat = t.view({-1});
-  constexpr int64_t kChunk = int64_t{1} << 20;
-  const int64_t n = flat.numel(), chunks = (n + kChunk - 1) / kChunk;
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      at::Tensor part = flat.narrow(0, c * kChunk, std::min(kChunk, n - c * kChunk));
-      at::Tensor z = at::empty_like(part);
-      z.normal_(0.0, std, Stream(seed, layer, purpose, c));
-      part.add_(z);
-    }
-  });
-}
-
-// Learned experts [Nl, ...] from the frozen stack [Nf, ...] (float32): expert j copies slice
-// j mod Nf, then the recipe's initialisation. `neuron_dim` is the stacked tensor's dimension that
-// indexes intermediate neurons (1 for gate/up [N, Ie, H], 2 for down [N, H, Ie]).
-at::Tensor LearnedFromFrozen(const at::Tensor& frozen_f32, int64_t num_learned, const ConversionRecipe& r,
-                             double matrix_mean, double matrix_std, int neuron_dim, int64_t layer,
-                             int noise_purpose) {
-  const int64_t nf = frozen_f32.size(0);
-  at::Tensor src = at::arange(num_learned, at::kLong).remainder(nf);
-  at::Tensor learned = frozen_f32.index_select(0, src);  // a fresh tensor
-  if (r.learned_init() == ConversionRecipe::NOISY_SLICE) {
-    if (r.noise_scale() > 0) AddGaussianNoise(learned, r.noise_scale() * matrix_std, r.seed(), layer, noise_purpose);
-    return learned;
-  }
-  at::Generator noise_gen = Stream(r.seed(), layer, noise_purpose);
-  at::Generator drop_gen = Stream(r.seed(), layer, kDropNeurons);
-  // Drop-Upcycling: re-draw a fraction of each expert's neurons from the matrix's statistics.
-  const int64_t ie = learned.size(neuron_dim);
-  const int64_t drop = static_cast<int64_t>(std::llround(r.reinit_fraction() * ie));
-  for (int64_t j = 0; j < num_learned && drop > 0; ++j) {
-    at::Tensor idx = at::randperm(ie, drop_gen, at::kLong).slice(0, 0, drop);
-    at::Tensor expert = learned[j];  // [Ie, H] or [H, Ie]
-    const int dim = neuron_dim - 1;
-    at::Tensor fresh = at::randn(expert.index_select(dim, idx).sizes(), noise_gen, at::kFloat) * matrix_std + matrix_mean;
-    expert.index_copy_(dim, idx, fresh);
-  }
-  return learned;
-}
 
 std::string HexDigest(const unsigned char* d, unsigned n) {
   std::string s;
   for (unsigned i = 0; i < n; ++i) absl::StrAppendFormat(&s, "%02x", d[i]);
   return s;
 }
+
+// The SHA-256 of every source shard (~0.35 GB/s on CPUs without SHA extensions: ~45 s for
+// 16 GB), computed on a thread of its own while the layers convert; destroying it stops and
+// joins the thread.
+class SourceHashes {
+ public:
+  explicit SourceHashes(std::vector<std::string> paths) : paths_(std::move(paths)) {
+    future_ = std::async(std::launch::async, [this]() -> absl::StatusOr<std::vector<std::string>> {
+      std::vector<std::string> out;
+      for (const std::string& p : paths_) {
+        ASSIGN_OR_RETURN(std::string digest, Sha256File(p, &stop_));
+        out.push_back(std::move(digest));
+      }
+      return out;
+    });
+  }
+  ~SourceHashes() {
+    if (future_.valid()) {
+      stop_ = true;
+      future_.wait();
+    }
+  }
+  // {shard file name: hex digest}, once the thread is done.
+  absl::StatusOr<nlohmann::json> Get() {
+    ASSIGN_OR_RETURN(std::vector<std::string> digests, future_.get(), "hashing the source shards");
+    nlohmann::json out;
+    for (size_t i = 0; i < paths_.size(); ++i) out[paths_[i].substr(paths_[i].find_last_of('/') + 1)] = digests[i];
+    return out;
+  }
+
+ private:
+  const std::vector<std::string> paths_;
+  std::atomic<bool> stop_{false};
+  std::future<absl::StatusOr<std::vector<std::string>>> future_;
+};
+
+// One conversion in progress: the source, the resolved recipe and the output writer, with the
+// byte counts of what went through.
+class Conversion {
+ public:
+  Conversion(const Checkpoint& in, const ConversionRecipe& recipe, const MoeConfig& moe, DType out_dtype,
+             ModelWriter& out, ConvertStats& stats)
+      : in_(in), recipe_(recipe), moe_(moe), out_type_(ToScalarType(out_dtype)), out_(out), stats_(stats) {}
+
+  // A tensor that the conversion keeps as it is (embeddings, attention, norms, head).
+  absl::Status Copy(const std::string& name) {
+    ASSIGN_OR_RETURN(at::Tensor t, Read(name));
+    RETURN_IF_ERROR(Write(name, t));
+    in_.Release(name);
+    return absl::OkStatus();
+  }
+
+  // Layer `layer`'s dense FFN into the MoE block, as the recipe says: partition the neurons into
+  // the frozen slices, initialise the learned experts from them, initialise the router.
+  absl::Status ConvertFfn(int64_t layer, int64_t hidden) {
+    DenseFfnWeights dense;
+    at::Tensor* parts[3] = {&dense.gate, &dense.up, &dense.down};
+    for (int k = 0; k < 3; ++k) {
+      ASSIGN_OR_RETURN(*parts[k], Read(DenseFfnName(layer, kFfnProjections[k])));
+    }
+    const ExpertStackWeights frozen = PartitionNeurons(dense, moe_.num_frozen_experts, recipe_, layer);
+    const at::Tensor stacks[3] = {frozen.gate, frozen.up, frozen.down};
+    for (int k = 0; k < 3; ++k) {
+      RETURN_IF_ERROR(Write(ExpertTensorName(layer, kFrozenExperts, kFfnProjections[k]), stacks[k]));
+    }
+    for (int k = 0; k < 3 && moe_.num_learned_experts > 0; ++k) {
+      const at::Tensor learned = InitLearnedExperts(stacks[k].to(at::kFloat), moe_.num_learned_experts, recipe_, k, layer);
+      RETURN_IF_ERROR(Write(ExpertTensorName(layer, kLearnedExperts, kFfnProjections[k]), learned));
+    }
+    const RouterInitWeights router = InitRouter(recipe_, moe_, hidden, layer);
+    RETURN_IF_ERROR(Write(RouterWeightName(layer), router.weight));
+    RETURN_IF_ERROR(Write(RouterBiasName(layer), router.bias, at::kFloat));  // always float32
+    for (const char* proj : kFfnProjections) in_.Release(DenseFfnName(layer, proj));
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::StatusOr<at::Tensor> Read(const std::string& name) {
+    ASSIGN_OR_RETURN(at::Tensor t, in_.Get(name));
+    stats_.bytes_read += static_cast<uint64_t>(t.numel()) * t.element_size();
+    return t;
+  }
+  absl::Status Write(const std::string& name, const at::Tensor& t, std::optional<at::ScalarType> type = {}) {
+    const at::Tensor stored = t.to(type.value_or(out_type_));
+    RETURN_IF_ERROR(out_.Write(name, stored));
+    stats_.bytes_written += static_cast<uint64_t>(stored.numel()) * stored.element_size();
+    return absl::OkStatus();
+  }
+
+  const Checkpoint& in_;
+  const ConversionRecipe& recipe_;
+  const MoeConfig& moe_;
+  const at::ScalarType out_type_;
+  ModelWriter& out_;
+  ConvertStats& stats_;
+};
 
 }  // namespace
 
@@ -120,7 +157,9 @@ absl::StatusOr<ConvertStats> ConvertDenseToMoe(const ConvertOptions& o) {
     if (o.log) o.log(s);
   };
   auto cancelled = [&]() { return o.cancel != nullptr && o.cancel->load(); };
+  const absl::Status kCancelled = absl::CancelledError("conversion cancelled; no output written");
 
+  // The source, the recipe resolved against it, and the output's config.
   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> in, Checkpoint::Open(o.input_dir), "reading the dense model");
   ASSIGN_OR_RETURN(LlamaConfig cfg, in->LoadConfig());
   ASSIGN_OR_RETURN(std::optional<MoeConfig> already, MoeConfigFromLlama(cfg));
@@ -136,146 +175,52 @@ absl::StatusOr<ConvertStats> ConvertDenseToMoe(const ConvertOptions& o) {
   } else {
     ASSIGN_OR_RETURN(out_dtype, ParseFloatDTypeFlag(recipe.dtype()));
   }
-  const c10::ScalarType out_type = ToScalarType(out_dtype);
-
-  // Provenance: the recipe as resolved and a hash of every source file that carries weights.
-  nlohmann::json conversion;
-  conversion["recipe"] = RecipeToText(recipe);
-  // The source hashes (SHA-256 runs at ~0.35 GB/s on CPUs without SHA extensions: ~45 s for
-  // 16 GB) are computed on a thread of their own while the layers convert, and joined before
-  // config.json is written. `stop_hashing` ends it early when the conversion fails.
-  if (cancelled()) return absl::CancelledError("conversion cancelled; no output written");
-  std::vector<std::string> shard_paths;
-  for (const auto& shard : in->shards()) shard_paths.push_back(shard->path());
-  std::atomic<bool> stop_hashing{false};
-  std::future<absl::StatusOr<std::vector<std::string>>> hashes =
-      std::async(std::launch::async, [&stop_hashing, shard_paths]() -> absl::StatusOr<std::vector<std::string>> {
-        std::vector<std::string> out;
-        for (const std::string& p : shard_paths) {
-          ASSIGN_OR_RETURN(std::string digest, Sha256File(p, &stop_hashing));
-          out.push_back(std::move(digest));
-        }
-        return out;
-      });
-  // Every return below this point stops and joins the hashing thread first.
-  struct JoinHashes {
-    std::atomic<bool>& stop;
-    std::future<absl::StatusOr<std::vector<std::string>>>& f;
-    ~JoinHashes() {
-      if (f.valid()) {
-        stop = true;
-        f.wait();
-      }
-    }
-  } join_hashes{stop_hashing, hashes};
   LlamaConfig out_cfg = cfg;
   out_cfg.torch_dtype = std::string(TorchDTypeName(out_dtype));
   SetMoeConfig(moe, &out_cfg);
+  if (cancelled()) return kCancelled;
 
-  const std::vector<TensorSpec> specs = MoeTensorSpecs(out_cfg, moe, out_dtype);
-  CheckpointWriterOptions wo;
+  std::vector<std::string> shard_paths;
+  for (const auto& shard : in->shards()) shard_paths.push_back(shard->path());
+  SourceHashes hashes(shard_paths);
+  ModelWriterOptions wo;
   wo.max_shard_bytes = static_cast<uint64_t>(recipe.max_shard_bytes());
   wo.overwrite = o.overwrite;
   wo.metadata["llama_moe"] = "converted";
-  ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> w, CheckpointWriter::Create(o.output_dir, specs, wo));
+  ASSIGN_OR_RETURN(std::unique_ptr<ModelWriter> w,
+                   CreateModelWriter(ModelFormat::kHfSafetensors, o.output_dir, MoeTensorSpecs(out_cfg, moe, out_dtype), wo));
   ConvertStats stats;
-  stats.num_shards = w->num_shards();
+  stats.num_shards = w->num_weight_files();
   log(absl::StrFormat("converting %s -> %s: %d layers, %d frozen + %d learned experts of %d, top-%d, %s",
                       o.input_dir, o.output_dir, cfg.num_hidden_layers, moe.num_frozen_experts,
                       moe.num_learned_experts, moe.expert_intermediate_size, moe.top_k, DTypeName(out_dtype)));
 
-  auto write = [&](const std::string& name, const at::Tensor& t) -> absl::Status {
-    RETURN_IF_ERROR(w->Write(name, t.to(out_type)));
-    stats.bytes_written += static_cast<uint64_t>(t.numel()) * DTypeSize(out_dtype);
-    return absl::OkStatus();
-  };
-  auto read = [&](const std::string& name) -> absl::StatusOr<at::Tensor> {
-    ASSIGN_OR_RETURN(at::Tensor t, in->Get(name));
-    stats.bytes_read += static_cast<uint64_t>(t.numel()) * t.element_size();
-    return t;
-  };
-
-  const int64_t Nf = moe.num_frozen_experts, Nl = moe.num_learned_experts, Ie = moe.expert_intermediate_size;
-  const int64_t H = cfg.hidden_size, I = cfg.intermediate_size, E = moe.num_experts();
+  // Every tensor outside the FFNs as it is, then the FFNs layer by layer.
+  Conversion conversion(*in, recipe, moe, out_dtype, *w, stats);
   try {
-    for (const TensorSpec& s : specs) {
-      if (cancelled()) return absl::CancelledError("conversion cancelled; no output written");
-      if (s.name.find(".mlp.") == std::string::npos) {
-        ASSIGN_OR_RETURN(at::Tensor t, read(s.name));
-        RETURN_IF_ERROR(write(s.name, t));
-        in->Release(s.name);
-        continue;
-      }
-      // A layer's MoE tensors are produced together when its first one comes up.
-      if (s.name.find(kFrozenExperts) == std::string::npos || s.name.find("gate_proj") == std::string::npos) continue;
-      const int64_t layer = std::stoll(s.name.substr(std::string("model.layers.").size()));
-      ASSIGN_OR_RETURN(at::Tensor gate, read(DenseFfnName(layer, "gate_proj")));  // [I, H]
-      ASSIGN_OR_RETURN(at::Tensor up, read(DenseFfnName(layer, "up_proj")));      // [I, H]
-      ASSIGN_OR_RETURN(at::Tensor down, read(DenseFfnName(layer, "down_proj")));  // [H, I]
-      if (recipe.partition() == ConversionRecipe::RANDOM_PERMUTATION) {
-        at::Tensor perm = at::randperm(I, Stream(recipe.seed(), layer, kPermutation), at::kLong);
-        gate = gate.index_select(0, perm);
-        up = up.index_select(0, perm);
-        down = down.index_select(1, perm);
-      }
-      // [I, H] -> [Nf, Ie, H]; [H, I] -> [H, Nf, Ie] -> [Nf, H, Ie].
-      const at::Tensor fg = gate.reshape({Nf, Ie, H});
-      const at::Tensor fu = up.reshape({Nf, Ie, H});
-      const at::Tensor fd = down.reshape({H, Nf, Ie}).permute({1, 0, 2});
-      RETURN_IF_ERROR(write(ExpertTensorName(layer, kFrozenExperts, "gate_proj"), fg));
-      RETURN_IF_ERROR(write(ExpertTensorName(layer, kFrozenExperts, "up_proj"), fu));
-      RETURN_IF_ERROR(write(ExpertTensorName(layer, kFrozenExperts, "down_proj"), fd));
-      if (Nl > 0) {
-        const std::pair<const char*, std::pair<at::Tensor, int>> mats[] = {
-            {"gate_proj", {fg, kNoiseGate}}, {"up_proj", {fu, kNoiseUp}}, {"down_proj", {fd, kNoiseDown}}};
-        for (const auto& [proj, m] : mats) {
-          const at::Tensor f32 = m.first.to(at::kFloat);
-          // Statistics of the whole dense matrix (the stack holds exactly its values).
-          const double std = f32.std().item<double>();
-          const double mean = f32.mean().item<double>();
-          const int neuron_dim = std::string(proj) == "down_proj" ? 2 : 1;
-          at::Tensor learned = LearnedFromFrozen(f32, Nl, recipe, mean, std, neuron_dim, layer, m.second);
-          RETURN_IF_ERROR(write(ExpertTensorName(layer, kLearnedExperts, proj), learned));
-        }
-      }
-      at::Tensor router, bias = at::zeros({E}, at::kFloat);
-      if (recipe.router_init() == ConversionRecipe::DENSE_PRESERVING) {
-        // Equal scores for every token; the bias alone picks the frozen experts (zero mean kept).
-        router = at::zeros({E, H}, at::kFloat);
-        bias.slice(0, 0, Nf).fill_(recipe.bias_margin() * static_cast<double>(Nl) / E);
-        bias.slice(0, Nf, E).fill_(-recipe.bias_margin() * static_cast<double>(Nf) / E);
-      } else if (recipe.router_init() == ConversionRecipe::COMPLEMENTARY) {
-        // Frozen rows u, learned rows -u: each token's top-K is one whole group (see recipe.proto).
-        const at::Tensor u = at::randn({1, H}, Stream(recipe.seed(), layer, kRouter), at::kFloat) * recipe.router_std();
-        router = at::cat({u.expand({Nf, H}), -u.expand({Nl, H})}, 0);
-      } else {
-        router = at::randn({E, H}, Stream(recipe.seed(), layer, kRouter), at::kFloat) * recipe.router_std();
-      }
-      RETURN_IF_ERROR(write(RouterWeightName(layer), router));
-      RETURN_IF_ERROR(w->Write(RouterBiasName(layer), bias));
-      stats.bytes_written += static_cast<uint64_t>(E) * 4;
-      for (const char* proj : {"gate_proj", "up_proj", "down_proj"}) in->Release(DenseFfnName(layer, proj));
+    for (const TensorSpec& s : LlamaTensorSpecs(cfg, out_dtype, /*ffn=*/[](int64_t) { return std::vector<TensorSpec>(); })) {
+      if (cancelled()) return kCancelled;
+      RETURN_IF_ERROR(conversion.Copy(s.name));
+    }
+    for (int64_t layer = 0; layer < cfg.num_hidden_layers; ++layer) {
+      if (cancelled()) return kCancelled;
+      RETURN_IF_ERROR(conversion.ConvertFfn(layer, cfg.hidden_size));
       log(absl::StrFormat("layer %d/%d done", layer + 1, cfg.num_hidden_layers));
     }
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("conversion failed: ", e.what_without_backtrace()));
   }
 
-  {
-    absl::StatusOr<std::vector<std::string>> digests = hashes.get();
-    RETURN_IF_ERROR(digests.status(), "hashing the source shards");
-    for (size_t i = 0; i < shard_paths.size(); ++i) {
-      conversion["source_sha256"][shard_paths[i].substr(shard_paths[i].find_last_of('/') + 1)] = (*digests)[i];
-    }
-    nlohmann::json extra = nlohmann::json::parse(out_cfg.extra_json);
-    extra["conversion"] = conversion;
-    out_cfg.extra_json = extra.dump();
-  }
+  // Provenance: the recipe as resolved and a hash of every source file that carries weights.
+  nlohmann::json extra = nlohmann::json::parse(out_cfg.extra_json);
+  extra["conversion"]["recipe"] = RecipeToText(recipe);
+  ASSIGN_OR_RETURN(extra["conversion"]["source_sha256"], hashes.Get());
+  out_cfg.extra_json = extra.dump();
   // Side files first, so that this conversion's recipe replaces any the source carried.
   RETURN_IF_ERROR(w->CopySideFiles(o.input_dir));
   RETURN_IF_ERROR(w->AddFile(kConfigFile, LlamaConfigToJson(out_cfg)));
   RETURN_IF_ERROR(w->AddFile("recipe.textproto", RecipeToText(recipe)));
-  if (cancelled()) return absl::CancelledError("conversion cancelled; no output written");
+  if (cancelled()) return kCancelled;
   RETURN_IF_ERROR(w->Commit());
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return stats;

@@ -3,8 +3,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include "convert/moe_config.h"
-#include "convert/moe_layout.h"
+#include "moe/moe_config.h"
+#include "moe/moe_layout.h"
 #include "convert/recipe.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

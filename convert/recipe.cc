@@ -22,6 +22,14 @@ class CollectErrors : public google::protobuf::io::ErrorCollector {
   std::string first_;
 };
 
+ScoreFunction ToScoreFunction(ConversionRecipe::ScoreFunction f) {
+  switch (f) {
+    case ConversionRecipe::SIGMOID: return ScoreFunction::kSigmoid;
+    case ConversionRecipe::SOFTMAX: break;
+  }
+  return ScoreFunction::kSoftmax;
+}
+
 }  // namespace
 
 absl::StatusOr<ConversionRecipe> ParseRecipe(absl::string_view text, absl::string_view file) {
@@ -100,7 +108,7 @@ absl::StatusOr<MoeConfig> ResolveRecipe(const LlamaConfig& dense, ConversionReci
   m.num_learned_experts = r->num_learned_experts();
   m.expert_intermediate_size = r->expert_intermediate_size();
   m.top_k = r->top_k();
-  m.score_function = r->score_function() == ConversionRecipe::SIGMOID ? "sigmoid" : "softmax";
+  m.score_function = ToScoreFunction(r->score_function());
   m.normalize_gates = r->normalize_gates();
   if (r->gate_scale() == 0) {
     // Uniform scores must give each selected expert weight 1 (K frozen slices = dense FFN).

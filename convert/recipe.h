@@ -2,7 +2,8 @@
 //
 // Example:
 //   ASSIGN_OR_RETURN(ConversionRecipe r, LoadRecipe("convert/recipes/default.textproto"));
-//   r.set_top_k(4);                                   // a flag override
+//   r.set_top_k(4);  // a flag override
+//   LlamaConfig dense_cfg;  // e.g. Llama 3 8B
 //   ASSIGN_OR_RETURN(MoeConfig moe, ResolveRecipe(dense_cfg, &r));  // fills the 0 = auto fields
 #ifndef LLAMA_MOE_CONVERT_RECIPE_H_
 #define LLAMA_MOE_CONVERT_RECIPE_H_
@@ -11,7 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "convert/moe_config.h"
+#include "moe/moe_config.h"
 #include "convert/recipe.pb.h"
 #include "model/llama_config.h"
 

@@ -6,7 +6,9 @@
 //
 // Example:
 //   EvalOptions o;
-//   o.model_dir = "out/moe"; o.reference_dir = "out/dense"; o.data_dir = "out/data";
+//   o.model_dir = "out/moe";
+//   o.reference_dir = "out/dense";
+//   o.data_dir = "out/data";
 //   o.modes = {RoutingMode::kIdentity, RoutingMode::kRouted};
 //   ASSIGN_OR_RETURN(nlohmann::json report, Evaluate(o));
 #ifndef LLAMA_MOE_EVAL_EVALUATE_LIB_H_

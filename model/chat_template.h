@@ -12,6 +12,7 @@
 //   std::vector<ChatMessage> chat = {{"system", "Be brief."}, {"user", "Hi!"}};
 //   std::string prompt = FormatLlama3Chat(chat, /*add_generation_prompt=*/true);
 //   // "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>..."
+//   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromFile("/models/llama3-8b/tokenizer.json"));
 //   ASSIGN_OR_RETURN(std::vector<int32_t> ids, EncodeLlama3Chat(*tokenizer, chat, true));
 #ifndef LLAMA_MOE_MODEL_CHAT_TEMPLATE_H_
 #define LLAMA_MOE_MODEL_CHAT_TEMPLATE_H_

@@ -16,7 +16,7 @@ using ::testing::HasSubstr;
 // Three tensors in three shards.
 std::string WriteSharded() {
   const std::string dir = TestPath("ckpt");
-  CheckpointWriterOptions o;
+  ModelWriterOptions o;
   o.num_shards = 3;
   auto w = CheckpointWriter::Create(
       dir, {{"a", DType::kF32, {4}}, {"b", DType::kF32, {4}}, {"c", DType::kBF16, {2, 2}}}, o);

@@ -47,14 +47,8 @@ std::string TempSibling(const std::string& dir, absl::string_view what) {
 
 }  // namespace
 
-uint64_t TensorSpec::nbytes() const {
-  uint64_t n = DTypeSize(dtype);
-  for (int64_t d : shape) n *= static_cast<uint64_t>(d);
-  return n;
-}
-
 absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
-    const std::string& dir, std::vector<TensorSpec> specs, const CheckpointWriterOptions& options) {
+    const std::string& dir, std::vector<TensorSpec> specs, const ModelWriterOptions& options) {
   if (PathExists(dir) && !options.overwrite) {
     return absl::AlreadyExistsError(absl::StrCat("output directory '", dir, "' already exists"));
   }
@@ -200,6 +194,14 @@ absl::Status CheckpointWriter::AddFile(absl::string_view file_name, absl::string
 absl::Status CheckpointWriter::CopyFile(const std::string& source_path, absl::string_view file_name) {
   ASSIGN_OR_RETURN(std::string contents, ReadFileToString(source_path));
   return AddFile(file_name, contents);
+}
+
+absl::Status CheckpointWriter::MoveFileIn(const std::string& source_path, absl::string_view file_name) {
+  const std::string dst = JoinPath(temp_dir_, file_name);
+  if (std::rename(source_path.c_str(), dst.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot move '", source_path, "' into '", dst, "': ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CheckpointWriter::CopySideFiles(const std::string& source_dir) {

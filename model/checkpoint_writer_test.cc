@@ -35,12 +35,12 @@ std::vector<std::string> Siblings(const std::string& dir) {
 
 TEST(CheckpointWriterTest, ShardsBySizeAndTensorsReadBackInAnyWriteOrder) {
   const std::string dir = TestPath("sharded");
-  CheckpointWriterOptions o;
+  ModelWriterOptions o;
   o.max_shard_bytes = 2 * 10 * 4 * 4;  // two tensors per shard
   const auto specs = Specs(5, 10);
   auto w = CheckpointWriter::Create(dir, specs, o);
   ASSERT_TRUE(w.ok()) << w.status();
-  EXPECT_EQ((*w)->num_shards(), 3);
+  EXPECT_EQ((*w)->num_weight_files(), 3);
   std::vector<at::Tensor> values;
   for (int i = 0; i < 5; ++i) values.push_back(at::randn({10, 4}));
   for (int i = 4; i >= 0; --i) ASSERT_TRUE((*w)->Write("t" + std::to_string(i), values[i]).ok());
@@ -56,11 +56,11 @@ TEST(CheckpointWriterTest, ShardsBySizeAndTensorsReadBackInAnyWriteOrder) {
 
 TEST(CheckpointWriterTest, NumShardsSplitsEvenly) {
   const std::string dir = TestPath("even");
-  CheckpointWriterOptions o;
+  ModelWriterOptions o;
   o.num_shards = 4;
   auto w = CheckpointWriter::Create(dir, Specs(8, 3), o);
   ASSERT_TRUE(w.ok());
-  EXPECT_EQ((*w)->num_shards(), 4);
+  EXPECT_EQ((*w)->num_weight_files(), 4);
 }
 
 TEST(CheckpointWriterTest, RejectsWrongDtypeShapeUndeclaredAndDuplicate) {
@@ -109,7 +109,7 @@ TEST(CheckpointWriterTest, ExistingDirectoryIsKeptUnlessOverwrite) {
     ASSERT_TRUE((*w)->Commit().ok());
   }
   EXPECT_EQ(CheckpointWriter::Create(dir, Specs(1, 2), {}).status().code(), absl::StatusCode::kAlreadyExists);
-  CheckpointWriterOptions o;
+  ModelWriterOptions o;
   o.overwrite = true;
   {
     // Abandoned overwrite: the old checkpoint survives untouched.

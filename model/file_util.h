@@ -1,8 +1,8 @@
 // Small file-system helpers with Status errors that name the path.
 //
 // Example:
-//   ASSIGN_OR_RETURN(std::string text, ReadFileToString(dir + "/config.json"));
-//   RETURN_IF_ERROR(WriteStringToFile(tmp + "/config.json", text));
+//   ASSIGN_OR_RETURN(std::string text, ReadFileToString(JoinPath("/models/llama3-8b", "config.json")));
+//   RETURN_IF_ERROR(WriteStringToFile("/tmp/config.json", text));
 #ifndef LLAMA_MOE_MODEL_FILE_UTIL_H_
 #define LLAMA_MOE_MODEL_FILE_UTIL_H_
 

@@ -5,9 +5,10 @@
 // prompt decodes the same alone or in a batch.
 //
 // Example:
+//   ASSIGN_OR_RETURN(std::shared_ptr<LlamaForCausalLM> model, LoadLlamaFromDir("/models/llama3-8b", {}));
 //   GenerateOptions opts;
 //   opts.max_new_tokens = 64;
-//   ASSIGN_OR_RETURN(opts.eos_token_ids, LoadEosTokenIds(model_dir, model->config()));
+//   ASSIGN_OR_RETURN(opts.eos_token_ids, LoadEosTokenIds("/models/llama3-8b", model->config()));
 //   ASSIGN_OR_RETURN(GenerateResult r, Generate(*model, {{128000, 9906}}, opts));
 //   std::cout << r.tokens[0].size() << " tokens, " << r.DecodeTokensPerSecond() << " tok/s\n";
 #ifndef LLAMA_MOE_MODEL_GENERATE_H_

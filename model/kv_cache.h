@@ -7,11 +7,13 @@
 // sequence in a batch attends to exactly what it would attend to alone.
 //
 // Example:
-//   ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(cfg, /*capacity=*/512, {0, 3}, options));
+//   ASSIGN_OR_RETURN(std::shared_ptr<LlamaForCausalLM> model, LoadLlamaFromDir("/models/llama3-8b", {}));
+//   ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(model->config(), /*capacity=*/512, {0, 3}, model->options()));
 //   ForwardOptions opts;
 //   opts.cache = &cache;
-//   ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(prompt_tokens, opts));  // [B,T,V]
-//   ASSIGN_OR_RETURN(logits, model.Forward(next_tokens, opts));  // [B,1,V], one slot more
+//   const at::Tensor prompt = at::tensor({128000, 9906, 1917, 0, 128000, 0, 0, 0}, at::kLong).reshape({2, 4});
+//   ASSIGN_OR_RETURN(at::Tensor logits, model->Forward(prompt, opts));  // [B,T,V]; row 1 left-padded by 3
+//   ASSIGN_OR_RETURN(logits, model->Forward(at::tensor({13, 13}, at::kLong).reshape({2, 1}), opts));  // one slot more
 #ifndef LLAMA_MOE_MODEL_KV_CACHE_H_
 #define LLAMA_MOE_MODEL_KV_CACHE_H_
 

@@ -8,7 +8,7 @@
 //
 // Example:
 //   ASSIGN_OR_RETURN(LlamaConfig cfg, LoadLlamaConfig("/models/llama3-8b/config.json"));
-//   int64_t group = cfg.num_attention_heads / cfg.num_key_value_heads;  // 4 for 8B
+//   const int64_t group = cfg.num_attention_heads / cfg.num_key_value_heads;  // 4 for 8B
 #ifndef LLAMA_MOE_MODEL_LLAMA_CONFIG_H_
 #define LLAMA_MOE_MODEL_LLAMA_CONFIG_H_
 

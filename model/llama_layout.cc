@@ -12,8 +12,19 @@ namespace llama_moe {
 
 std::string LayerPrefix(int64_t layer) { return absl::StrCat("model.layers.", layer, "."); }
 
-std::vector<TensorSpec> LlamaTensorSpecs(const LlamaConfig& c, DType dtype) {
-  const int64_t H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
+std::string DenseFfnName(int64_t layer, const std::string& proj) {
+  return absl::StrCat(LayerPrefix(layer), "mlp.", proj, ".weight");
+}
+
+std::vector<TensorSpec> DenseFfnTensorSpecs(const LlamaConfig& c, int64_t layer, DType dtype) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  return {{DenseFfnName(layer, kFfnProjections[0]), dtype, {I, H}},
+          {DenseFfnName(layer, kFfnProjections[1]), dtype, {I, H}},
+          {DenseFfnName(layer, kFfnProjections[2]), dtype, {H, I}}};
+}
+
+std::vector<TensorSpec> LlamaTensorSpecs(const LlamaConfig& c, DType dtype, const FfnTensorSpecs& ffn) {
+  const int64_t H = c.hidden_size, V = c.vocab_size;
   const int64_t q_rows = c.num_attention_heads * c.head_dim;
   const int64_t kv_rows = c.num_key_value_heads * c.head_dim;
   std::vector<TensorSpec> specs;
@@ -26,9 +37,7 @@ std::vector<TensorSpec> LlamaTensorSpecs(const LlamaConfig& c, DType dtype) {
     specs.push_back({p + "self_attn.v_proj.weight", dtype, {kv_rows, H}});
     specs.push_back({p + "self_attn.o_proj.weight", dtype, {H, q_rows}});
     specs.push_back({p + "post_attention_layernorm.weight", dtype, {H}});
-    specs.push_back({p + "mlp.gate_proj.weight", dtype, {I, H}});
-    specs.push_back({p + "mlp.up_proj.weight", dtype, {I, H}});
-    specs.push_back({p + "mlp.down_proj.weight", dtype, {H, I}});
+    for (TensorSpec& s : ffn ? ffn(l) : DenseFfnTensorSpecs(c, l, dtype)) specs.push_back(std::move(s));
   }
   specs.push_back({"model.norm.weight", dtype, {H}});
   if (!c.tie_word_embeddings) specs.push_back({"lm_head.weight", dtype, {V, H}});

@@ -304,7 +304,7 @@ absl::StatusOr<c10::ScalarType> ResolveComputeDType(const LlamaConfig& cfg, std:
 }
 
 absl::Status LoadParameters(torch::nn::Module& module, const Checkpoint& ckpt,
-                            const std::vector<std::string>& ignored) {
+                            const std::vector<std::string>& ignored, bool release_pages) {
   try {
     c10::AutoGradMode no_grad(false);
     std::set<std::string> taken(ignored.begin(), ignored.end());
@@ -331,6 +331,7 @@ absl::Status LoadParameters(torch::nn::Module& module, const Checkpoint& ckpt,
                                                        "' is not floating point"));
       }
       param.copy_(src);  // converts dtype and device; peak memory: the model plus one tensor
+      if (release_pages) ckpt.Release(name);
       taken.insert(name);
     }
     for (const std::string& name : ckpt.TensorNames()) {
@@ -369,7 +370,8 @@ absl::StatusOr<std::shared_ptr<LlamaForCausalLM>> LoadLlamaForCausalLM(
     ignored.push_back(absl::StrCat("model.layers.", l, ".self_attn.rotary_emb.inv_freq"));
   }
   if (cfg.tie_word_embeddings) ignored.push_back("lm_head.weight");
-  RETURN_IF_ERROR(LoadParameters(*model, ckpt, ignored));
+  ignored.insert(ignored.end(), options.served_elsewhere.begin(), options.served_elsewhere.end());
+  RETURN_IF_ERROR(LoadParameters(*model, ckpt, ignored, options.release_pages));
   return model;
 }
 

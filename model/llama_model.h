@@ -9,10 +9,10 @@
 // ("model.layers.N.mlp") without touching the rest of the model.
 //
 // Example:
-//   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
+//   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open("/models/llama3-8b"));
 //   ASSIGN_OR_RETURN(LlamaConfig cfg, ckpt->LoadConfig());
 //   ASSIGN_OR_RETURN(std::shared_ptr<LlamaForCausalLM> model, LoadLlamaForCausalLM(*ckpt, cfg, {}));
-//   ASSIGN_OR_RETURN(at::Tensor logits, model->Forward(tokens));  // tokens [T] -> logits [T,V]
+//   ASSIGN_OR_RETURN(at::Tensor logits, model->Forward(at::tensor({128000, 9906}, at::kLong)));  // [T] -> [T,V]
 #ifndef LLAMA_MOE_MODEL_LLAMA_MODEL_H_
 #define LLAMA_MOE_MODEL_LLAMA_MODEL_H_
 
@@ -140,6 +140,12 @@ struct LlamaLoadOptions {
   std::optional<DType> dtype;
   c10::Device device = c10::Device(c10::kCPU);
   FeedForwardFactory ffn;  // unset: dense SwiGLU
+  // Checkpoint tensors that no parameter takes because something else serves them (an
+  // offloaded model's expert stacks); any other unused tensor is an error.
+  std::vector<std::string> served_elsewhere;
+  // Drop each tensor's file pages once it is copied, so that the mapping does not stay resident
+  // next to the copy (for loads that keep the checkpoint open afterwards).
+  bool release_pages = false;
 };
 
 // The embedding and decoder stack, registered as "model" in LlamaForCausalLM.
@@ -189,11 +195,12 @@ class LlamaForCausalLM : public torch::nn::Module {
 // The compute dtype for `cfg` given an optional request (see LlamaLoadOptions::dtype).
 absl::StatusOr<c10::ScalarType> ResolveComputeDType(const LlamaConfig& cfg, std::optional<DType> requested);
 
-// Copies every parameter of `module` (named as checkpoint keys) from `ckpt`, converting dtype and
-// device. Missing tensors and shape mismatches are errors naming the tensor and both shapes;
-// checkpoint tensors that no parameter takes are errors too, except `ignored` names.
+// Copies every parameter and buffer of `module` (named as checkpoint keys) from `ckpt`,
+// converting dtype and device. Missing tensors and shape mismatches are errors naming the tensor
+// and both shapes; checkpoint tensors that no parameter takes are errors too, except `ignored`
+// names. With `release_pages`, each tensor's file pages are dropped after its copy.
 absl::Status LoadParameters(torch::nn::Module& module, const Checkpoint& ckpt,
-                            const std::vector<std::string>& ignored = {});
+                            const std::vector<std::string>& ignored = {}, bool release_pages = false);
 
 absl::StatusOr<std::shared_ptr<LlamaForCausalLM>> LoadLlamaForCausalLM(
     const Checkpoint& ckpt, const LlamaConfig& cfg, const LlamaLoadOptions& options);

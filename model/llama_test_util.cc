@@ -63,7 +63,7 @@ std::vector<TensorSpec> TinyLlamaSpecs(const LlamaConfig& cfg, DType dtype) {
 absl::Status WriteRandomCheckpoint(const std::string& dir, const LlamaConfig& cfg,
                                    const std::vector<TensorSpec>& specs, uint64_t seed,
                                    uint64_t max_shard_bytes) {
-  CheckpointWriterOptions opts;
+  ModelWriterOptions opts;
   opts.max_shard_bytes = max_shard_bytes;
   ASSIGN_OR_RETURN(auto writer, CheckpointWriter::Create(dir, specs, opts));
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);

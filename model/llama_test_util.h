@@ -6,8 +6,8 @@
 // numeric comparisons and greedy decoding are meaningful.
 //
 // Example:
-//   LlamaConfig cfg = TinyLlamaConfig(/*heads=*/4, /*kv_heads=*/2);
-//   ASSERT_TRUE(WriteRandomLlama(dir, cfg, DType::kF32, /*seed=*/1).ok());
+//   const LlamaConfig cfg = TinyLlamaConfig(/*heads=*/4, /*kv_heads=*/2);
+//   RETURN_IF_ERROR(WriteRandomLlama(NewTestDir("gqa"), cfg, DType::kF32, /*seed=*/1));
 #ifndef LLAMA_MOE_MODEL_LLAMA_TEST_UTIL_H_
 #define LLAMA_MOE_MODEL_LLAMA_TEST_UTIL_H_
 

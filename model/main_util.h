@@ -5,10 +5,8 @@
 // "hint:" line when one is given) and a non-zero exit code, never a crash or a stack dump.
 //
 // Example:
-//   int main(int argc, char** argv) {
-//     absl::ParseCommandLine(argc, argv);
-//     return llama_moe::RunMain("inspect", [&] { return Inspect(FlagsToOptions()); });
-//   }
+//   // int main(int argc, char** argv) { absl::ParseCommandLine(argc, argv); return RunMain(...); }
+//   const int exit_code = RunMain("inspect", [] { return absl::NotFoundError("no model"); });  // 1, one line
 #ifndef LLAMA_MOE_MODEL_MAIN_UTIL_H_
 #define LLAMA_MOE_MODEL_MAIN_UTIL_H_
 

@@ -4,9 +4,11 @@
 // "rotate_half" layout), so ApplyRope rotates halves; no permutation of the checkpoint is needed.
 //
 // Example:
-//   at::Tensor inv_freq = RopeInverseFrequencies(cfg);           // [D/2] float32
+//   LlamaConfig cfg;
+//   const at::Tensor inv_freq = RopeInverseFrequencies(cfg);  // [D/2] float32
+//   const at::Tensor positions = at::arange(6, at::kLong).reshape({1, 6});
 //   RopeTables rope = MakeRopeTables(inv_freq, positions, at::kBFloat16);  // positions [B,T]
-//   q = ApplyRope(q, rope);  // q [B,heads,T,D]
+//   at::Tensor q = ApplyRope(at::randn({1, 32, 6, cfg.head_dim}).to(at::kBFloat16), rope);  // q [B,heads,T,D]
 #ifndef LLAMA_MOE_MODEL_ROPE_H_
 #define LLAMA_MOE_MODEL_ROPE_H_
 

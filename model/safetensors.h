@@ -7,7 +7,7 @@
 // process's pages, never the file.
 //
 // Example:
-//   ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsFile> f, SafetensorsFile::Open(path));
+//   ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsFile> f, SafetensorsFile::Open("/models/llama3-8b/model-00001-of-00004.safetensors"));
 //   ASSIGN_OR_RETURN(at::Tensor w, f->Get("model.embed_tokens.weight"));
 #ifndef LLAMA_MOE_MODEL_SAFETENSORS_H_
 #define LLAMA_MOE_MODEL_SAFETENSORS_H_

@@ -8,8 +8,10 @@
 // data section is exactly covered. The fuzzer in model/fuzz targets ParseSafetensorsPrefix.
 //
 // Example:
-//   ASSIGN_OR_RETURN(SafetensorsHeader h, ParseSafetensorsPrefix(bytes, size, "model.safetensors"));
-//   for (const TensorEntry& t : h.tensors) std::cout << t.name << " " << DTypeName(t.dtype);
+//   const std::string file = std::string("\x02\0\0\0\0\0\0\0", 8) + "{}";  // a file with no tensors
+//   ASSIGN_OR_RETURN(SafetensorsHeader h, ParseSafetensorsPrefix(reinterpret_cast<const uint8_t*>(file.data()),
+//                                                                file.size(), "empty.safetensors"));
+//   for (const TensorEntry& t : h.tensors) std::cout << t.name << " " << DTypeName(t.dtype) << "\n";
 #ifndef LLAMA_MOE_MODEL_SAFETENSORS_HEADER_H_
 #define LLAMA_MOE_MODEL_SAFETENSORS_HEADER_H_
 

@@ -6,7 +6,8 @@
 //
 // Example:
 //   Sampler sampler({/*temperature=*/0.7, /*top_p=*/0.9, /*seed=*/42});
-//   int64_t next = sampler.Sample(logits_row.data_ptr<float>(), vocab_size);
+//   const std::vector<float> logits_row = {0.1f, 2.0f, -1.0f, 0.5f};
+//   const int64_t next = sampler.Sample(logits_row.data(), /*vocab=*/4);
 #ifndef LLAMA_MOE_MODEL_SAMPLER_H_
 #define LLAMA_MOE_MODEL_SAMPLER_H_
 

@@ -6,11 +6,13 @@
 // a path from the caller down: "loading model 'dir': shard 'x.safetensors': tensor 'w' ...".
 //
 // Example:
-//   absl::StatusOr<Config> Load(const std::string& path) {
-//     ASSIGN_OR_RETURN(std::string text, ReadFile(path), "reading config");
-//     RETURN_IF_ERROR(Validate(text));
-//     ...
-//   }
+//   auto load = [](const std::string& path) -> absl::StatusOr<LlamaConfig> {
+//     ASSIGN_OR_RETURN(std::string text, ReadFileToString(path), "reading the config");  // adds context
+//     ASSIGN_OR_RETURN(LlamaConfig cfg, ParseLlamaConfig(text, path));
+//     RETURN_IF_ERROR(ValidateLlamaConfig(cfg));
+//     return cfg;
+//   };
+//   ASSIGN_OR_RETURN(LlamaConfig cfg, load("/models/llama3-8b/config.json"));
 #ifndef LLAMA_MOE_MODEL_STATUS_MACROS_H_
 #define LLAMA_MOE_MODEL_STATUS_MACROS_H_
 

@@ -1,4 +1,7 @@
-// Helpers shared by the model/ tests.
+// Helpers shared by the tests: fresh paths under Bazel's per-test temporary directory.
+//
+// Example:
+//   const std::string dir = TestPath("dense");  // $TEST_TMPDIR/dense-0, not created
 #ifndef LLAMA_MOE_MODEL_TEST_UTIL_H_
 #define LLAMA_MOE_MODEL_TEST_UTIL_H_
 

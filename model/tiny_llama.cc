@@ -45,7 +45,7 @@ absl::Status WriteTinyLlama(const std::string& dir, const TinyLlamaOptions& o) {
   cfg.torch_dtype = std::string(TorchDTypeName(o.dtype));
   RETURN_IF_ERROR(ValidateLlamaConfig(cfg), "tiny Llama config");
   std::vector<TensorSpec> specs = LlamaTensorSpecs(cfg, o.dtype);
-  CheckpointWriterOptions wo;
+  ModelWriterOptions wo;
   wo.num_shards = o.num_shards;
   wo.overwrite = o.overwrite;
   ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> w, CheckpointWriter::Create(dir, specs, wo));

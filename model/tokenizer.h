@@ -11,9 +11,9 @@
 //
 // Example:
 //   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, Tokenizer::FromFile("tokenizer.json"));
-//   std::vector<int32_t> ids = tok->Encode("Hello world");       // {9906, 1917}
-//   ASSIGN_OR_RETURN(std::string text, tok->Decode(ids));         // "Hello world"
-//   tok->EncodeWithSpecials("<|eot_id|>");                        // {128009}
+//   std::vector<int32_t> ids = tok->Encode("Hello world");  // {9906, 1917}
+//   ASSIGN_OR_RETURN(std::string text, tok->Decode(ids));    // "Hello world"
+//   std::vector<int32_t> eot = tok->EncodeWithSpecials("<|eot_id|>");  // {128009}
 #ifndef LLAMA_MOE_MODEL_TOKENIZER_H_
 #define LLAMA_MOE_MODEL_TOKENIZER_H_
 

@@ -10,9 +10,19 @@
 // output in float32 (a bfloat16 model rounds once, at the end of the layer, as the dense FFN's
 // GEMM does) and makes no allocation.
 //
-// The reference is the batched path (moe/dispatch.cc) and ReferenceMoeForward; the portable and
-// AVX2 forms of the kernel are tested against each other and against ATen
-// (moe/expert_kernels_test.cc).
+// One file per form (portable, AVX2, AVX-512, AVX512-BF16), chosen per call at run time
+// (moe/expert_kernel_forms.h); moe/expert_kernels_test.cc checks every form this CPU runs
+// against a float64 reference and against the portable form.
+//
+// Example:
+//   const int64_t H = 16, Ie = 8, n = 2;
+//   std::vector<float> gate(Ie * H, 0.1f), up(Ie * H, 0.2f), down(H * Ie, 0.3f), x(n * H, 1.0f), y(n * H, 0.0f);
+//   std::vector<float> scratch(SwiGluScratchFloats(H, Ie, n));
+//   const float* x_rows[2] = {x.data(), x.data() + H};
+//   float* y_rows[2] = {y.data(), y.data() + H};
+//   const float w[2] = {0.5f, 1.0f};
+//   SwiGluAccumulate(gate.data(), up.data(), down.data(), H, Ie, n, x_rows, w, scratch.data(), y_rows,
+//                    BestKernelIsa());
 #ifndef LLAMA_MOE_MOE_EXPERT_KERNELS_H_
 #define LLAMA_MOE_MOE_EXPERT_KERNELS_H_
 

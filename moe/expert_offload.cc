@@ -5,64 +5,18 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
-#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "convert/moe_layout.h"
+#include "model/llama_layout.h"
 #include "model/safetensors.h"
 #include "model/safetensors_header.h"
 #include "model/status_macros.h"
 #include "moe/dispatch.h"
+#include "moe/moe_layout.h"
+#include "moe/router_factory.h"
 
 namespace llama_moe {
-namespace {
-
-constexpr const char* kProjections[3] = {"gate_proj", "up_proj", "down_proj"};
-
-// Copies every parameter and buffer of `module` from `ckpt` (what LoadParameters does), releasing
-// each tensor's file pages after the copy so that the mapping does not stay resident next to the
-// copy. Checkpoint tensors that no parameter takes are errors unless listed in `not_loaded`.
-absl::Status LoadNonExpertTensors(torch::nn::Module& module, const Checkpoint& ckpt,
-                                  const std::set<std::string>& not_loaded) {
-  try {
-    c10::NoGradGuard no_grad;  // copy_ into leaves that require grad
-    std::set<std::string> taken = not_loaded;
-    std::vector<std::pair<std::string, at::Tensor>> tensors;
-    for (auto& item : module.named_parameters(/*recurse=*/true)) tensors.emplace_back(item.key(), item.value());
-    for (auto& item : module.named_buffers(/*recurse=*/true)) tensors.emplace_back(item.key(), item.value());
-    for (auto& [name, param] : tensors) {
-      if (!ckpt.Has(name)) {
-        return absl::NotFoundError(absl::StrCat("checkpoint '", ckpt.dir(), "' has no tensor '", name,
-                                                "' (expected shape ", ShapeString(param.sizes().vec()), ")"));
-      }
-      ASSIGN_OR_RETURN(at::Tensor src, ckpt.Get(name), absl::StrCat("checkpoint '", ckpt.dir(), "'"));
-      if (src.sizes() != param.sizes()) {
-        return absl::InvalidArgumentError(absl::StrCat("checkpoint '", ckpt.dir(), "': tensor '", name,
-                                                       "' has shape ", ShapeString(src.sizes().vec()),
-                                                       ", expected ", ShapeString(param.sizes().vec())));
-      }
-      if (!at::isFloatingType(src.scalar_type())) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("checkpoint '", ckpt.dir(), "': tensor '", name, "' is not floating point"));
-      }
-      param.copy_(src);
-      ckpt.Release(name);
-      taken.insert(name);
-    }
-    for (const std::string& name : ckpt.TensorNames()) {
-      if (taken.count(name) == 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("checkpoint '", ckpt.dir(), "' has tensor '", name, "' that the model does not use"));
-      }
-    }
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("loading '", ckpt.dir(), "': ", e.what_without_backtrace()));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 absl::StatusOr<OffloadSource> ParseOffloadSource(const std::string& name) {
   if (name == "mmap") return OffloadSource::kMmap;
@@ -88,7 +42,7 @@ ExpertCacheStats& ExpertCacheStats::operator+=(const ExpertCacheStats& o) {
 ExpertLruCache::ExpertLruCache(int64_t capacity, Allocator allocate, Loader load)
     : capacity_(capacity), allocate_(std::move(allocate)), load_(std::move(load)) {}
 
-OffloadedExpert ExpertLruCache::Get(int64_t expert) {
+ExpertWeights ExpertLruCache::Get(int64_t expert) {
   auto it = entries_.find(expert);
   if (it != entries_.end()) {
     ++stats_.hits;
@@ -109,12 +63,12 @@ void ExpertLruCache::Prefetch(int64_t expert) {
   Insert(expert);
 }
 
-const OffloadedExpert& ExpertLruCache::Insert(int64_t expert) {
+const ExpertWeights& ExpertLruCache::Insert(int64_t expert) {
   // Slots are written in place whether the caller is in inference mode (a forward's expert loop)
   // or not (prefetch): always in inference mode, so that the slots are inference tensors and
   // every in-place write to them is allowed.
   c10::InferenceMode guard;
-  OffloadedExpert slot;
+  ExpertWeights slot;
   if (static_cast<int64_t>(entries_.size()) >= capacity_) {
     auto victim = entries_.find(order_.back());
     slot = std::move(victim->second.weights);
@@ -156,7 +110,7 @@ absl::StatusOr<std::shared_ptr<ExpertProvider>> ExpertProvider::Create(std::shar
   auto locate = [&](int64_t layer, const std::string& group, int64_t n) -> absl::StatusOr<StackSource> {
     StackSource s;
     for (int k = 0; k < 3; ++k) {
-      const std::string name = ExpertTensorName(layer, group, kProjections[k]);
+      const std::string name = ExpertTensorName(layer, group, kFfnProjections[k]);
       ASSIGN_OR_RETURN(auto found, ckpt->Find(name), absl::StrCat("checkpoint '", ckpt->dir(), "'"));
       const TensorEntry& e = *found.first;
       const std::vector<int64_t> want = k < 2 ? std::vector<int64_t>{n, ie, H} : std::vector<int64_t>{n, H, ie};
@@ -197,23 +151,23 @@ absl::StatusOr<std::shared_ptr<ExpertProvider>> ExpertProvider::Create(std::shar
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     p->caches_.emplace_back(
         options.cache_experts, [raw] { return raw->Allocate(); },
-        [raw, l](int64_t e, OffloadedExpert& slot) { raw->LoadInto(l, e, slot); });
+        [raw, l](int64_t e, ExpertWeights& slot) { raw->LoadInto(l, e, slot); });
   }
   return p;
 }
 
-OffloadedExpert ExpertProvider::Allocate() const {
+ExpertWeights ExpertProvider::Allocate() const {
   const int64_t ie = moe_.expert_intermediate_size;
   return {at::empty({ie, hidden_}, compute_), at::empty({ie, hidden_}, compute_), at::empty({hidden_, ie}, compute_)};
 }
 
-OffloadedExpert ExpertProvider::Load(int64_t layer, int64_t expert) const {
-  OffloadedExpert w = Allocate();
+ExpertWeights ExpertProvider::Load(int64_t layer, int64_t expert) const {
+  ExpertWeights w = Allocate();
   LoadInto(layer, expert, w);
   return w;
 }
 
-void ExpertProvider::LoadInto(int64_t layer, int64_t expert, OffloadedExpert& slot) const {
+void ExpertProvider::LoadInto(int64_t layer, int64_t expert, ExpertWeights& slot) const {
   const int64_t nf = moe_.num_frozen_experts;
   TORCH_CHECK(expert >= 0 && expert < moe_.num_experts(), "expert ", expert, " out of range");
   const StackSource& s = expert < nf ? frozen_[layer] : learned_[layer];
@@ -262,7 +216,7 @@ OffloadedMoeFeedForward::OffloadedMoeFeedForward(int64_t hidden, const MoeConfig
                                                  std::shared_ptr<ExpertProvider> experts,
                                                  const at::TensorOptions& options)
     : moe_(moe), layer_(layer), experts_(std::move(experts)) {
-  router_ = register_module("router", std::make_shared<TopKRouter>(hidden, moe, options));
+  router_ = register_module(kRouter, MakeRouter(hidden, moe, options));
 }
 
 void OffloadedMoeFeedForward::PrefetchFor(const at::Tensor& x) {
@@ -295,10 +249,7 @@ at::Tensor OffloadedMoeFeedForward::forward(const at::Tensor& x_in) {
   // Each expert is fetched right before use and used before the next fetch, which may reuse
   // its slot.
   const at::Tensor out = SparseMoeForwardWith(x, r.expert, r.weight, moe_.num_experts(), moe_.expert_intermediate_size,
-                                              [this](int64_t e) {
-                                                const OffloadedExpert w = experts_->Get(layer_, e);
-                                                return ExpertMatrices{w.gate, w.up, w.down};
-                                              });
+                                              [this](int64_t e) { return experts_->Get(layer_, e); });
   return out.reshape(shape);
 }
 
@@ -319,40 +270,29 @@ absl::StatusOr<OffloadedModel> LoadOffloadedModel(const std::string& dir, const 
         "MoE model"));
   }
   out.moe = *moe;
-  // What LlamaForCausalLM computes, as LoadLlamaForCausalLM checks it.
-  if (cfg.head_dim % 2 != 0 || cfg.hidden_act != "silu" || cfg.attention_bias || cfg.mlp_bias) {
-    return absl::UnimplementedError(absl::StrCat(
-        "config of '", dir, "': only an even head_dim, hidden_act \"silu\" and no attention or MLP biases are "
-        "supported"));
-  }
   ASSIGN_OR_RETURN(c10::ScalarType dtype, ResolveComputeDType(cfg, options.dtype));
   const at::TensorOptions compute = at::TensorOptions().dtype(dtype).device(options.device);
   ASSIGN_OR_RETURN(out.experts, ExpertProvider::Create(ckpt, cfg, out.moe, options.offload, compute),
                    absl::StrCat("experts of '", dir, "'"));
 
+  // The model with offloaded layers in the FFN slots; the expert stacks stay with the provider.
+  LlamaLoadOptions lo;
+  lo.dtype = options.dtype;
+  lo.device = options.device;
+  lo.release_pages = true;
   const MoeConfig moe_cfg = out.moe;
   std::shared_ptr<ExpertProvider> experts = out.experts;
-  FeedForwardFactory ffn = [moe_cfg, experts](const LlamaConfig& c, int64_t layer, const at::TensorOptions& o) {
+  lo.ffn = [moe_cfg, experts](const LlamaConfig& c, int64_t layer, const at::TensorOptions& o) {
     return std::static_pointer_cast<FeedForward>(
         std::make_shared<OffloadedMoeFeedForward>(c.hidden_size, moe_cfg, layer, experts, o));
   };
-  try {
-    out.model = std::make_shared<LlamaForCausalLM>(cfg, compute, ffn);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("building the model of '", dir, "': ", e.what_without_backtrace()));
-  }
-  // Not loaded into parameters: the expert stacks (served by the provider), and what
-  // LoadLlamaForCausalLM ignores (old RoPE buffers, a tied checkpoint's head copy).
-  std::set<std::string> not_loaded;
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
-    not_loaded.insert(absl::StrCat("model.layers.", l, ".self_attn.rotary_emb.inv_freq"));
-    for (const char* proj : kProjections) {
-      not_loaded.insert(ExpertTensorName(l, kFrozenExperts, proj));
-      if (out.moe.num_learned_experts > 0) not_loaded.insert(ExpertTensorName(l, kLearnedExperts, proj));
+    for (const char* proj : kFfnProjections) {
+      lo.served_elsewhere.push_back(ExpertTensorName(l, kFrozenExperts, proj));
+      if (out.moe.num_learned_experts > 0) lo.served_elsewhere.push_back(ExpertTensorName(l, kLearnedExperts, proj));
     }
   }
-  if (cfg.tie_word_embeddings) not_loaded.insert("lm_head.weight");
-  RETURN_IF_ERROR(LoadNonExpertTensors(*out.model, *ckpt, not_loaded));
+  ASSIGN_OR_RETURN(out.model, LoadLlamaForCausalLM(*ckpt, cfg, lo));
 
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     auto* layer = dynamic_cast<OffloadedMoeFeedForward*>(&out.model->backbone().layer(l).mlp());

@@ -3,7 +3,7 @@
 //
 // An ExpertProvider serves expert e of layer L (its gate [Ie,H], up [Ie,H] and down [H,Ie]) from
 //   mmap  the model's safetensors files: only expert e's byte range of each stack is read (one
-//         contiguous range per projection, convert/moe_layout.h), copied to the compute device and
+//         contiguous range per projection, moe/moe_layout.h), copied to the compute device and
 //         dtype, and its file pages are dropped again (madvise), so resident memory is the cache,
 //         not the file;
 //   ram   host memory holding every expert in the compute dtype (pinned when the device is CUDA),
@@ -31,8 +31,8 @@
 //   o.offload.source = OffloadSource::kMmap;
 //   o.offload.cache_experts = 2;  // experts per layer on the device
 //   ASSIGN_OR_RETURN(OffloadedModel m, LoadOffloadedModel("/models/llama3-8b-moe", o));
-//   ASSIGN_OR_RETURN(GenerateResult r, Generate(*m.model, {prompt}, gen));
-//   ExpertCacheStats s = m.experts->stats();  // s.HitRate()
+//   ASSIGN_OR_RETURN(at::Tensor logits, m.model->Forward(at::tensor({128000, 9906}, at::kLong)));
+//   const double hit_rate = m.experts->stats().HitRate();
 #ifndef LLAMA_MOE_MOE_EXPERT_OFFLOAD_H_
 #define LLAMA_MOE_MOE_EXPERT_OFFLOAD_H_
 
@@ -48,10 +48,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "convert/moe_config.h"
 #include "model/checkpoint.h"
 #include "model/llama_config.h"
 #include "model/llama_model.h"
+#include "moe/expert_bank.h"
+#include "moe/moe_config.h"
 #include "moe/router.h"
 
 namespace llama_moe {
@@ -60,11 +61,6 @@ enum class OffloadSource { kMmap, kRam };
 // "mmap" or "ram".
 absl::StatusOr<OffloadSource> ParseOffloadSource(const std::string& name);
 const char* OffloadSourceName(OffloadSource source);
-
-// One expert's matrices on the compute device.
-struct OffloadedExpert {
-  at::Tensor gate, up, down;  // [Ie,H], [Ie,H], [H,Ie]
-};
 
 struct ExpertCacheStats {
   int64_t hits = 0;        // demand lookups found in the cache (prefetched ones included)
@@ -82,14 +78,14 @@ struct ExpertCacheStats {
 // them only through the cache.
 class ExpertLruCache {
  public:
-  using Allocator = std::function<OffloadedExpert()>;
-  using Loader = std::function<void(int64_t expert, OffloadedExpert& slot)>;
+  using Allocator = std::function<ExpertWeights()>;
+  using Loader = std::function<void(int64_t expert, ExpertWeights& slot)>;
   ExpertLruCache(int64_t capacity, Allocator allocate, Loader load);
 
   // The expert, loading it on a miss; it becomes the most recently used. The tensors alias the
   // cache slot: they hold this expert until a later load reuses the slot (at the earliest after
   // `capacity` - 1 further misses or prefetches), so use them before fetching more experts.
-  OffloadedExpert Get(int64_t expert);
+  ExpertWeights Get(int64_t expert);
   // Loads the expert if absent (counted as a prefetch) and makes it the most recently used.
   void Prefetch(int64_t expert);
   bool Contains(int64_t expert) const { return entries_.count(expert) > 0; }
@@ -101,11 +97,11 @@ class ExpertLruCache {
 
  private:
   struct Entry {
-    OffloadedExpert weights;
+    ExpertWeights weights;
     std::list<int64_t>::iterator position;  // in order_
   };
   // Loads `expert` into a free slot, or the least recent one's when full; it becomes most recent.
-  const OffloadedExpert& Insert(int64_t expert);
+  const ExpertWeights& Insert(int64_t expert);
 
   int64_t capacity_;
   Allocator allocate_;
@@ -138,15 +134,15 @@ class ExpertProvider {
                                                                 const at::TensorOptions& compute);
 
   // Expert e (frozen first, as the router numbers them) of `layer`, through the layer's cache.
-  OffloadedExpert Get(int64_t layer, int64_t expert) { return caches_[layer].Get(expert); }
+  ExpertWeights Get(int64_t layer, int64_t expert) { return caches_[layer].Get(expert); }
   void Prefetch(int64_t layer, int64_t expert) { caches_[layer].Prefetch(expert); }
   // Reads expert e from the source into fresh tensors, bypassing the cache: the slow path tests
   // compare with.
-  OffloadedExpert Load(int64_t layer, int64_t expert) const;
+  ExpertWeights Load(int64_t layer, int64_t expert) const;
   // Reads expert e from the source into `slot` (tensors of the expert's shapes on the device).
-  void LoadInto(int64_t layer, int64_t expert, OffloadedExpert& slot) const;
+  void LoadInto(int64_t layer, int64_t expert, ExpertWeights& slot) const;
   // Uninitialised tensors for one expert on the compute device.
-  OffloadedExpert Allocate() const;
+  ExpertWeights Allocate() const;
 
   const ExpertCacheStats& layer_stats(int64_t layer) const { return caches_[layer].stats(); }
   const ExpertLruCache& cache(int64_t layer) const { return caches_[layer]; }
@@ -182,7 +178,7 @@ class OffloadedMoeFeedForward : public FeedForward {
                           std::shared_ptr<ExpertProvider> experts, const at::TensorOptions& options);
   at::Tensor forward(const at::Tensor& x) override;
 
-  TopKRouter& router() { return *router_; }
+  Router& router() { return *router_; }
   int64_t layer() const { return layer_; }
   // The layer whose experts this one prefetches (the next decoder layer); null for the last.
   void set_next(OffloadedMoeFeedForward* next) { next_ = next; }
@@ -195,7 +191,7 @@ class OffloadedMoeFeedForward : public FeedForward {
   MoeConfig moe_;
   int64_t layer_;
   std::shared_ptr<ExpertProvider> experts_;
-  std::shared_ptr<TopKRouter> router_;
+  std::shared_ptr<Router> router_;
   OffloadedMoeFeedForward* next_ = nullptr;  // owned by the same model
 };
 

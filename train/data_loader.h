@@ -29,18 +29,24 @@
 // Example:
 //   ASSIGN_OR_RETURN(std::shared_ptr<const TokenStream> train, TokenStream::Open("/data/brown", "train"));
 //   DataLoaderOptions o;  // L = 256, G = 32, M = 4, W = 2: A = 4 micro-steps per step
-//   o.seq_len = 256; o.global_batch = 32; o.micro_batch = 4; o.world_size = 2;
+//   o.seq_len = 256;
+//   o.global_batch = 32;
+//   o.micro_batch = 4;
+//   o.world_size = 2;
 //   ASSIGN_OR_RETURN(std::unique_ptr<DataLoader> loader, DataLoader::Create(train, o));
-//   for (int64_t step = position.step; step < steps; ++step)
-//     for (int64_t a = 0; a < loader->micro_steps(); ++a) {
-//       ASSIGN_OR_RETURN(at::Tensor tokens, loader->Batch(step, a, rank));  // int64 [M, L+1]
-//       at::Tensor inputs = tokens.narrow(1, 0, L), targets = tokens.narrow(1, 1, L);
-//     }
-//   DataPosition saved = loader->PositionAt(step);  // {epoch, step}; ToJson() into the checkpoint
+//   const int rank = 0;
+//   for (int64_t a = 0; a < loader->micro_steps(); ++a) {
+//     ASSIGN_OR_RETURN(at::Tensor tokens, loader->Batch(/*step=*/0, a, rank));  // int64 [M, L+1]
+//     at::Tensor inputs = tokens.narrow(1, 0, o.seq_len), targets = tokens.narrow(1, 1, o.seq_len);
+//   }
+//   DataPosition saved = loader->PositionAt(/*step=*/1);  // {epoch, step}; ToJson() into the checkpoint
 //
+//   ASSIGN_OR_RETURN(std::shared_ptr<const TokenStream> heldout, TokenStream::Open("/data/brown", "heldout"));
 //   ASSIGN_OR_RETURN(EvalIterator eval, EvalIterator::Create(heldout, /*seq_len=*/256, /*batch_size=*/8,
-//                                                            rank, world_size));
-//   while (std::optional<EvalBatch> b = eval.Next()) { ... b->tokens, b->target_mask ... }
+//                                                            rank, /*world_size=*/2));
+//   while (std::optional<EvalBatch> b = eval.Next()) {
+//     at::Tensor window = b->tokens, mask = b->target_mask;
+//   }
 #ifndef LLAMA_MOE_TRAIN_DATA_LOADER_H_
 #define LLAMA_MOE_TRAIN_DATA_LOADER_H_
 

@@ -10,7 +10,8 @@
 // Example:
 //   ASSIGN_OR_RETURN(DistEnv env, DistEnvFromEnvironment());
 //   ASSIGN_OR_RETURN(auto comm, Communicator::Create(env, c10::kCPU, std::chrono::seconds(300)));
-//   RETURN_IF_ERROR(comm->AllReduceSum({grad_bucket}));
+//   at::Tensor grad_bucket = at::ones({1024});
+//   RETURN_IF_ERROR(comm->AllReduceSum({grad_bucket}));  // every rank now holds the sum
 #ifndef LLAMA_MOE_TRAIN_DISTRIBUTED_H_
 #define LLAMA_MOE_TRAIN_DISTRIBUTED_H_
 

@@ -2,9 +2,10 @@
 // a terminal (plain lines otherwise), and metrics as JSON lines for plots and reports.
 //
 // Example:
-//   Progress bar(total_steps, /*tty=*/isatty(2));
-//   bar.Update(step, loss, lr, tokens_per_s);
-//   MetricsLog log(output_dir + "/metrics.jsonl", /*append=*/resumed);
+//   Progress bar(/*first_step=*/0, /*total_steps=*/120, /*tty=*/isatty(2));
+//   bar.Update(/*step=*/10, /*loss=*/4.76, /*lr=*/2e-3, /*tokens_per_s=*/3900);
+//   MetricsLog log;
+//   RETURN_IF_ERROR(log.Open("/tmp/run/metrics.jsonl", /*append=*/false));
 //   log.Write(R"({"step": 1, "loss": 2.5})");
 #ifndef LLAMA_MOE_TRAIN_PROGRESS_H_
 #define LLAMA_MOE_TRAIN_PROGRESS_H_

@@ -6,9 +6,9 @@
 // SplitMix64 (Steele et al., 2014) and Lemire's multiply-shift bounded draw, written out here.
 //
 // Example:
-//   SplitMix64 rng(MixSeed(seed, epoch));
-//   uint64_t i = rng.Below(n);          // uniform in [0, n)
-//   double u = ToUnitInterval(Mix64(x));  // uniform in [0, 1)
+//   SplitMix64 rng(MixSeed(/*seed=*/0, /*stream=*/3));  // e.g. the order of epoch 3
+//   const uint64_t i = rng.Below(1000);                 // uniform in [0, 1000)
+//   const double u = ToUnitInterval(Mix64(i));          // uniform in [0, 1)
 #ifndef LLAMA_MOE_TRAIN_RANDOM_H_
 #define LLAMA_MOE_TRAIN_RANDOM_H_
 

@@ -13,10 +13,15 @@
 // Decoupled weight decay applies to matrices (dim >= 2) only, never to norms or biases.
 //
 // Example:
-//   ShardedAdamW opt(trainable, comm, {.lr = 1e-4});
-//   for (micro...) { loss.backward(); opt.AccumulateGradients(); }
+//   at::Tensor w = at::randn({4, 8}).requires_grad_();
+//   ASSIGN_OR_RETURN(auto comm, Communicator::Create(DistEnv(), c10::kCPU, std::chrono::seconds(60)));
+//   ShardedAdamW opt({{"w", w}}, comm.get(), AdamWOptions());
+//   for (int micro = 0; micro < 2; ++micro) {
+//     (w * w).sum().backward();
+//     opt.AccumulateGradients();
+//   }
 //   ASSIGN_OR_RETURN(double norm, opt.ReduceGradients());
-//   RETURN_IF_ERROR(opt.Step(lr, /*max_norm=*/1.0, norm));
+//   RETURN_IF_ERROR(opt.Step(/*lr=*/1e-4, /*max_norm=*/1.0, norm));
 #ifndef LLAMA_MOE_TRAIN_SHARDED_ADAMW_H_
 #define LLAMA_MOE_TRAIN_SHARDED_ADAMW_H_
 

@@ -25,9 +25,9 @@
 // the held-out rule). //train:prepare_data writes one; the data loader reads one.
 //
 // Example:
-//   RETURN_IF_ERROR(WriteTokenShard("/d/train-00000.tok", tokens, /*vocab_size=*/128256,
-//                                   /*eos_id=*/128001));
-//   ASSIGN_OR_RETURN(std::unique_ptr<TokenShard> shard, TokenShard::Open("/d/train-00000.tok"));
+//   const std::vector<uint32_t> tokens = {128000, 791, 502, 128001};  // one document, EOS-terminated
+//   RETURN_IF_ERROR(WriteTokenShard("/tmp/d/train-00000.tok", tokens, /*vocab_size=*/128256, /*eos_id=*/128001));
+//   ASSIGN_OR_RETURN(std::unique_ptr<TokenShard> shard, TokenShard::Open("/tmp/d/train-00000.tok"));
 //   absl::Span<const uint32_t> ids = shard->tokens();
 //
 //   ASSIGN_OR_RETURN(ShardSetManifest manifest, ReadShardSetManifest("/d"));

@@ -12,8 +12,9 @@
 // optimizer shard per rank; `output_dir/latest` names the newest complete one.
 //
 // Example:
-//   TrainConfig cfg = ...;  // train/train_config.proto
-//   TrainRunOptions run;    // resume, device, terminal
+//   ASSIGN_OR_RETURN(TrainConfig cfg, LoadTrainConfig("train/configs/demo_continued_pretraining.textproto",
+//                                                     "model_dir: '/tmp/moe' data_dir: '/tmp/data' output_dir: '/tmp/run'"));
+//   TrainRunOptions run;  // resume, device, terminal, rank and world size
 //   ASSIGN_OR_RETURN(TrainResult r, Train(cfg, run));
 #ifndef LLAMA_MOE_TRAIN_TRAINER_H_
 #define LLAMA_MOE_TRAIN_TRAINER_H_

@@ -38,3 +38,24 @@ def lm_cc_benchmark(name, copts = [], deps = [], tags = [], **kwargs):
         tags = tags + ["benchmark"],
         **kwargs
     )
+
+def lm_header_examples_test(name, hdrs, deps = []):
+    """Compiles the `// Example:` block of every header in `hdrs` (tools/header_examples.py).
+
+    A header without an Example block, or an example that does not compile, fails the test.
+    """
+    native.genrule(
+        name = name + "_src",
+        srcs = hdrs,
+        outs = [name + ".cc"],
+        cmd = "python3 $(location //tools:header_examples.py) $@ " + " ".join(["$(location %s)" % h for h in hdrs]),
+        tools = ["//tools:header_examples.py"],
+        testonly = True,
+    )
+    native.cc_test(
+        name = name,
+        srcs = [name + ".cc"] + [h for h in hdrs if not h.startswith("//") and not h.startswith(":")],
+        copts = _COPTS + ["-Wno-unused-variable", "-Wno-unused-but-set-variable"],
+        deps = deps + ["@system//:gtest_main", "//model:status_macros"],
+        size = "small",
+    )

@@ -1,4 +1,6 @@
-#include "convert/moe_config.h"
+#include "moe/moe_config.h"
+
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
@@ -7,6 +9,20 @@ namespace llama_moe {
 namespace {
 using json = nlohmann::json;
 }  // namespace
+
+const char* ScoreFunctionName(ScoreFunction f) {
+  switch (f) {
+    case ScoreFunction::kSoftmax: return "softmax";
+    case ScoreFunction::kSigmoid: return "sigmoid";
+  }
+  return "?";
+}
+
+absl::StatusOr<ScoreFunction> ParseScoreFunction(absl::string_view name) {
+  if (name == "softmax") return ScoreFunction::kSoftmax;
+  if (name == "sigmoid") return ScoreFunction::kSigmoid;
+  return absl::InvalidArgumentError(absl::StrCat("score_function '", name, "' is not softmax or sigmoid"));
+}
 
 absl::Status ValidateMoeConfig(const MoeConfig& m, const LlamaConfig& cfg) {
   auto bad = [](const std::string& s) { return absl::InvalidArgumentError(absl::StrCat("moe: ", s)); };
@@ -23,9 +39,6 @@ absl::Status ValidateMoeConfig(const MoeConfig& m, const LlamaConfig& cfg) {
   if (m.top_k < 1 || m.top_k > m.num_experts()) {
     return bad(absl::StrCat("top_k ", m.top_k, " must be between 1 and the ", m.num_experts(), " experts"));
   }
-  if (m.score_function != "softmax" && m.score_function != "sigmoid") {
-    return bad(absl::StrCat("score_function '", m.score_function, "' is not softmax or sigmoid"));
-  }
   if (!(m.gate_scale > 0)) return bad(absl::StrCat("gate_scale must be positive, got ", m.gate_scale));
   if (!(m.bias_update_rate >= 0)) return bad(absl::StrCat("bias_update_rate must be >= 0, got ", m.bias_update_rate));
   return absl::OkStatus();
@@ -37,18 +50,22 @@ absl::StatusOr<std::optional<MoeConfig>> MoeConfigFromLlama(const LlamaConfig& c
   const json& j = extra["moe"];
   if (!j.is_object()) return absl::InvalidArgumentError("config field 'moe' is not an object");
   MoeConfig m;
+  std::string score_function;
   try {
     m.num_frozen_experts = j.at("num_frozen_experts").get<int64_t>();
     m.num_learned_experts = j.at("num_learned_experts").get<int64_t>();
     m.expert_intermediate_size = j.at("expert_intermediate_size").get<int64_t>();
     m.top_k = j.at("top_k").get<int64_t>();
-    m.score_function = j.at("score_function").get<std::string>();
+    score_function = j.at("score_function").get<std::string>();
     m.normalize_gates = j.at("normalize_gates").get<bool>();
     m.gate_scale = j.at("gate_scale").get<double>();
     m.bias_update_rate = j.value("bias_update_rate", 1e-3);
   } catch (const json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("config field 'moe': ", e.what()));
   }
+  absl::StatusOr<ScoreFunction> f = ParseScoreFunction(score_function);
+  if (!f.ok()) return absl::InvalidArgumentError(absl::StrCat("config field 'moe': ", f.status().message()));
+  m.score_function = *f;
   if (absl::Status s = ValidateMoeConfig(m, cfg); !s.ok()) return s;
   return std::optional<MoeConfig>(m);
 }
@@ -60,7 +77,7 @@ void SetMoeConfig(const MoeConfig& m, LlamaConfig* cfg) {
                   {"num_learned_experts", m.num_learned_experts},
                   {"expert_intermediate_size", m.expert_intermediate_size},
                   {"top_k", m.top_k},
-                  {"score_function", m.score_function},
+                  {"score_function", ScoreFunctionName(m.score_function)},
                   {"normalize_gates", m.normalize_gates},
                   {"gate_scale", m.gate_scale},
                   {"bias_update_rate", m.bias_update_rate}};

@@ -1,4 +1,4 @@
-#include "moe/router.h"
+#include "moe/topk_router.h"
 
 #include <ATen/ATen.h>
 
@@ -7,7 +7,7 @@
 namespace llama_moe {
 namespace {
 
-MoeConfig Moe(int64_t nf, int64_t nl, int64_t k, bool normalize, const std::string& fn, double scale) {
+MoeConfig Moe(int64_t nf, int64_t nl, int64_t k, bool normalize, ScoreFunction fn, double scale) {
   MoeConfig m;
   m.num_frozen_experts = nf;
   m.num_learned_experts = nl;
@@ -20,7 +20,7 @@ MoeConfig Moe(int64_t nf, int64_t nl, int64_t k, bool normalize, const std::stri
 }
 
 TEST(RouterTest, BiasSteersSelectionButNotWeights) {
-  const MoeConfig m = Moe(2, 2, 2, /*normalize=*/false, "softmax", 1.0);
+  const MoeConfig m = Moe(2, 2, 2, /*normalize=*/false, ScoreFunction::kSoftmax, 1.0);
   at::Tensor logits = at::tensor({3.0f, 2.0f, 1.0f, 0.0f}).reshape({1, 4});
   at::Tensor bias = at::tensor({0.0f, 0.0f, 1.0f, 1.0f});  // pushes experts 2,3 to the top
   RouterOutput r = RouteFromLogits(logits, bias, m);
@@ -34,18 +34,18 @@ TEST(RouterTest, BiasSteersSelectionButNotWeights) {
 TEST(RouterTest, NormalisedGatesTimesScaleAndSigmoid) {
   at::manual_seed(0);
   at::Tensor logits = at::randn({5, 8});
-  RouterOutput r = RouteFromLogits(logits, at::zeros({8}), Moe(4, 4, 3, true, "sigmoid", 3.0));
+  RouterOutput r = RouteFromLogits(logits, at::zeros({8}), Moe(4, 4, 3, true, ScoreFunction::kSigmoid, 3.0));
   EXPECT_TRUE(at::allclose(r.weight.sum(-1), at::full({5}, 3.0f)));
   // Top-3 of the sigmoid scores are the top-3 logits.
   EXPECT_TRUE(at::equal(r.expert, std::get<1>(logits.topk(3, -1))));
   // Uniform scores with the automatic scale give every selected expert weight 1.
-  RouterOutput u = RouteFromLogits(at::zeros({2, 8}), at::zeros({8}), Moe(4, 4, 4, true, "softmax", 4.0));
+  RouterOutput u = RouteFromLogits(at::zeros({2, 8}), at::zeros({8}), Moe(4, 4, 4, true, ScoreFunction::kSoftmax, 4.0));
   EXPECT_TRUE(at::allclose(u.weight, at::ones({2, 4})));
 }
 
 TEST(RouterTest, DensePreservingBiasSelectsFrozenExperts) {
   // Zero router weights: all scores equal; a bias of +m/2 on frozen, -m/2 on learned experts.
-  MoeConfig m = Moe(8, 8, 8, true, "softmax", 8.0);
+  MoeConfig m = Moe(8, 8, 8, true, ScoreFunction::kSoftmax, 8.0);
   TopKRouter router(32, m, at::TensorOptions().dtype(at::kFloat));
   router.expert_bias().slice(0, 0, 8).fill_(0.5);
   router.expert_bias().slice(0, 8, 16).fill_(-0.5);
@@ -65,8 +65,17 @@ TEST(RouterTest, BiasUpdateMovesTowardBalanceAndStaysCentred) {
   EXPECT_NEAR(bias[1].item<float>(), 0.01f, 1e-7);
 }
 
+TEST(RouterTest, UpdateBalanceMovesTheSelectionBias) {
+  MoeConfig m = Moe(2, 2, 2, true, ScoreFunction::kSoftmax, 2.0);
+  TopKRouter router(8, m, at::TensorOptions().dtype(at::kFloat));
+  Router& seam = router;
+  seam.UpdateBalance(at::tensor({8.0, 0.0, 4.0, 4.0}), 0.5);
+  EXPECT_TRUE(at::equal(seam.balance_state(), at::tensor({-0.5f, 0.5f, 0.0f, 0.0f})));
+  EXPECT_TRUE(seam.balance_state().is_same(router.expert_bias()));
+}
+
 TEST(RouterTest, RouterWeightGetsGradientThroughGates) {
-  MoeConfig m = Moe(2, 2, 2, true, "softmax", 2.0);
+  MoeConfig m = Moe(2, 2, 2, true, ScoreFunction::kSoftmax, 2.0);
   TopKRouter router(8, m, at::TensorOptions().dtype(at::kFloat));
   router.weight().data().normal_();
   RouterOutput r = router.forward(at::randn({6, 8}));

@@ -1,4 +1,4 @@
-#include "moe/router.h"
+#include "moe/topk_router.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -13,7 +13,7 @@ TopKRouter::TopKRouter(int64_t hidden, const MoeConfig& moe, const at::TensorOpt
 RouterOutput RouteFromLogits(const at::Tensor& logits, const at::Tensor& expert_bias, const MoeConfig& moe) {
   RouterOutput r;
   r.logits = logits;
-  r.scores = moe.score_function == "sigmoid" ? at::sigmoid(logits) : at::softmax(logits, -1);
+  r.scores = moe.score_function == ScoreFunction::kSigmoid ? at::sigmoid(logits) : at::softmax(logits, -1);
   // The bias changes only which experts win; detach so no gradient flows through selection.
   const at::Tensor biased = r.scores.detach() + expert_bias.to(r.scores.device());
   r.expert = std::get<1>(at::topk(biased, moe.top_k, /*dim=*/-1, /*largest=*/true, /*sorted=*/true));
@@ -27,6 +27,8 @@ RouterOutput TopKRouter::forward(const at::Tensor& x) {
   const at::Tensor logits = at::matmul(x, weight_.t()).to(at::kFloat);
   return RouteFromLogits(logits, expert_bias_, moe_);
 }
+
+void TopKRouter::UpdateBalance(const at::Tensor& load, double rate) { UpdateExpertBias(expert_bias_, load, rate); }
 
 void UpdateExpertBias(at::Tensor& bias, const at::Tensor& load, double rate) {
   c10::NoGradGuard no_grad;

@@ -1,6 +1,7 @@
-// The offloaded MoE mode against the in-memory model on converted tiny checkpoints: greedy
-// generation token for token and logits, for both expert sources and cache sizes 1, 2 and E;
-// cache accounting; LRU order; the per-expert file slices against the in-memory stacks.
+// The offloaded MoE mode (moe/expert_offload.h) against the in-memory model on converted tiny
+// checkpoints: greedy generation token for token and logits, for both expert sources and cache
+// sizes 1, 2 and E; cache accounting; LRU order; the per-expert file slices against the
+// in-memory stacks.
 #include "moe/expert_offload.h"
 
 #include <ATen/ATen.h>
@@ -108,17 +109,13 @@ TEST(ExpertOffloadTest, LoadedExpertsEqualInMemoryStacks) {
   for (OffloadSource source : {OffloadSource::kMmap, OffloadSource::kRam}) {
     OffloadedModel m = Offloaded(dir, DType::kF32, source, 2);
     for (int64_t l = 0; l < 3; ++l) {
-      const ExpertStacks s = ref.moe_layers[l]->stacks();
-      for (int64_t e = 0; e < s.num_experts(); ++e) {
-        const OffloadedExpert w = m.experts->Load(l, e);
-        const int64_t nf = s.num_frozen();
-        const at::Tensor& g = e < nf ? s.frozen_gate : s.learned_gate;
-        const at::Tensor& u = e < nf ? s.frozen_up : s.learned_up;
-        const at::Tensor& d = e < nf ? s.frozen_down : s.learned_down;
-        const int64_t i = e < nf ? e : e - nf;
-        EXPECT_TRUE(at::equal(w.gate, g[i])) << l << " " << e;
-        EXPECT_TRUE(at::equal(w.up, u[i])) << l << " " << e;
-        EXPECT_TRUE(at::equal(w.down, d[i])) << l << " " << e;
+      const ExpertBank bank = ref.moe_layers[l]->experts();
+      for (int64_t e = 0; e < bank.num_experts(); ++e) {
+        const ExpertWeights w = m.experts->Load(l, e);
+        const ExpertWeights want = bank.Expert(e);
+        EXPECT_TRUE(at::equal(w.gate, want.gate)) << l << " " << e;
+        EXPECT_TRUE(at::equal(w.up, want.up)) << l << " " << e;
+        EXPECT_TRUE(at::equal(w.down, want.down)) << l << " " << e;
       }
     }
   }
@@ -170,9 +167,9 @@ TEST(ExpertOffloadTest, LruEvictsLeastRecentlyUsed) {
       2,
       [&] {
         ++allocations;
-        return OffloadedExpert{at::empty({2, 3}), at::empty({3}), at::empty({3, 2})};
+        return ExpertWeights{at::empty({2, 3}), at::empty({3}), at::empty({3, 2})};
       },
-      [&](int64_t e, OffloadedExpert& slot) {
+      [&](int64_t e, ExpertWeights& slot) {
         ++loads[e];
         slot.gate.fill_(static_cast<double>(e));
       });

@@ -1,0 +1,97 @@
+// The converter's steps one by one: each partition keeps the slices' sum equal to the dense
+// FFN, each learned-expert init does what its recipe field says, each router init has the
+// property recipe.proto promises.
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "convert/learned_init.h"
+#include "convert/partition.h"
+#include "convert/random_streams.h"
+#include "convert/router_init.h"
+#include "gtest/gtest.h"
+
+namespace llama_moe {
+namespace {
+
+// The SwiGLU of a stack's experts summed, with weight 1 each: the dense FFN when the stack
+// partitions it.
+at::Tensor SumOfExperts(const ExpertStackWeights& s, const at::Tensor& x) {
+  at::Tensor y = at::zeros({x.size(0), s.down.size(1)}, at::kDouble);
+  for (int64_t e = 0; e < s.gate.size(0); ++e) {
+    y += at::matmul(at::silu(at::matmul(x, s.gate[e].t())) * at::matmul(x, s.up[e].t()), s.down[e].t());
+  }
+  return y;
+}
+
+DenseFfnWeights RandomFfn(int64_t I, int64_t H) {
+  return {at::randn({I, H}, at::kDouble), at::randn({I, H}, at::kDouble), at::randn({H, I}, at::kDouble)};
+}
+
+at::Tensor DenseForward(const DenseFfnWeights& f, const at::Tensor& x) {
+  return at::matmul(at::silu(at::matmul(x, f.gate.t())) * at::matmul(x, f.up.t()), f.down.t());
+}
+
+TEST(PartitionTest, EveryStrategyPartitionsTheDenseFfn) {
+  at::manual_seed(0);
+  const DenseFfnWeights ffn = RandomFfn(24, 8);
+  const at::Tensor x = at::randn({5, 8}, at::kDouble);
+  const at::Tensor want = DenseForward(ffn, x);
+  const ExpertStackWeights contiguous = PartitionContiguous(ffn, 4);
+  EXPECT_EQ(contiguous.gate.sizes(), at::IntArrayRef({4, 6, 8}));
+  EXPECT_EQ(contiguous.down.sizes(), at::IntArrayRef({4, 8, 6}));
+  // Expert 1 owns neurons 6..11: gate/up rows and down columns alike.
+  EXPECT_TRUE(at::equal(contiguous.gate[1], ffn.gate.slice(0, 6, 12)));
+  EXPECT_TRUE(at::equal(contiguous.down[1], ffn.down.slice(1, 6, 12)));
+  const ExpertStackWeights shuffled =
+      PartitionRandomPermutation(ffn, 4, ConversionStream(3, 0, StreamPurpose::kPermutation));
+  EXPECT_FALSE(at::equal(shuffled.gate, contiguous.gate));
+  // Summation order differs: float64 rounding only.
+  EXPECT_LT((SumOfExperts(contiguous, x) - want).abs().max().item<double>(), 1e-10);
+  EXPECT_LT((SumOfExperts(shuffled, x) - want).abs().max().item<double>(), 1e-10);
+  // The same stream gives the same permutation.
+  const ExpertStackWeights again = PartitionRandomPermutation(ffn, 4, ConversionStream(3, 0, StreamPurpose::kPermutation));
+  EXPECT_TRUE(at::equal(again.up, shuffled.up));
+}
+
+TEST(LearnedInitTest, NoisySliceCopiesAndPerturbs) {
+  at::manual_seed(1);
+  const at::Tensor frozen = at::randn({2, 4, 8});
+  const at::Tensor exact = NoisySliceInit(frozen, 3, 0.0, 0, 0, StreamPurpose::kNoiseGate);
+  EXPECT_TRUE(at::equal(exact[0], frozen[0]));
+  EXPECT_TRUE(at::equal(exact[2], frozen[0]));  // expert j copies slice j mod Nf
+  const at::Tensor noisy = NoisySliceInit(frozen, 3, 0.5, 0, 0, StreamPurpose::kNoiseGate);
+  const double noise_std = (noisy - exact).std().item<double>();
+  EXPECT_NEAR(noise_std, 0.5, 0.1);  // 96 draws: within 0.1 of the asked std
+  EXPECT_TRUE(at::equal(noisy, NoisySliceInit(frozen, 3, 0.5, 0, 0, StreamPurpose::kNoiseGate)));
+}
+
+TEST(LearnedInitTest, DropUpcyclingRedrawsTheAskedFraction) {
+  at::manual_seed(2);
+  const at::Tensor frozen = at::randn({2, 10, 6});  // gate-like: neurons on dim 1
+  const at::Tensor learned = DropUpcyclingInit(frozen, 2, 0.3, 0.0, 1.0, /*neuron_dim=*/1, 0, 0,
+                                               StreamPurpose::kNoiseGate);
+  for (int64_t j = 0; j < 2; ++j) {
+    const at::Tensor same_rows = (learned[j] == frozen[j]).all(/*dim=*/1);
+    EXPECT_EQ(same_rows.sum().item<int64_t>(), 7) << j;  // 3 of 10 neurons re-drawn
+  }
+}
+
+TEST(RouterInitTest, DensePreservingPrefersEveryFrozenExpert) {
+  const RouterInitWeights r = DensePreservingRouterInit(8, 8, 16, 1.0);
+  EXPECT_EQ(r.weight.abs().sum().item<float>(), 0.0f);
+  EXPECT_NEAR(r.bias.sum().item<float>(), 0.0f, 1e-6);
+  EXPECT_FLOAT_EQ(r.bias[0].item<float>() - r.bias[8].item<float>(), 1.0f);
+}
+
+TEST(RouterInitTest, ComplementaryRowsAreOpposite) {
+  const RouterInitWeights r = ComplementaryRouterInit(4, 4, 16, 0.1, ConversionStream(0, 2, StreamPurpose::kRouter));
+  EXPECT_TRUE(at::equal(r.weight.slice(0, 0, 4), -r.weight.slice(0, 4, 8)));
+  EXPECT_TRUE(at::equal(r.weight[0], r.weight[3]));
+  EXPECT_EQ(r.bias.abs().sum().item<float>(), 0.0f);
+  const RouterInitWeights n = NormalRouterInit(16, 64, 0.02, ConversionStream(0, 0, StreamPurpose::kRouter));
+  EXPECT_NEAR(n.weight.std().item<double>(), 0.02, 0.002);  // 1024 draws
+}
+
+}  // namespace
+}  // namespace llama_moe

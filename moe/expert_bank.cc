@@ -1,0 +1,17 @@
+#include "moe/expert_bank.h"
+
+#include <ATen/ATen.h>
+
+namespace llama_moe {
+
+ExpertWeights ExpertBank::Expert(int64_t e) const {
+  const int64_t nf = num_frozen();
+  if (e < nf) return {frozen_gate[e], frozen_up[e], frozen_down[e]};
+  return {learned_gate[e - nf], learned_up[e - nf], learned_down[e - nf]};
+}
+
+at::Tensor ExpertSwiGlu(const ExpertWeights& w, const at::Tensor& x) {
+  return at::matmul(at::silu(at::matmul(x, w.gate.t())) * at::matmul(x, w.up.t()), w.down.t());
+}
+
+}  // namespace llama_moe

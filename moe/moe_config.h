@@ -1,0 +1,60 @@
+// The MoE block of a model's config.json: the one description of an MoE layer's shape and
+// routing that the converter writes and the MoE layer, trainer and evaluation read.
+//
+// Example:
+//   LlamaConfig cfg;
+//   cfg.intermediate_size = 128;
+//   MoeConfig moe;
+//   moe.num_frozen_experts = 4;
+//   moe.expert_intermediate_size = 32;
+//   moe.top_k = 4;
+//   SetMoeConfig(moe, &cfg);
+//   ASSIGN_OR_RETURN(std::optional<MoeConfig> read, MoeConfigFromLlama(cfg));
+//   if (read && read->score_function == ScoreFunction::kSoftmax) return absl::OkStatus();
+#ifndef LLAMA_MOE_MOE_MOE_CONFIG_H_
+#define LLAMA_MOE_MOE_MOE_CONFIG_H_
+
+#include <cstdint>
+#include <optional>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "model/llama_config.h"
+
+namespace llama_moe {
+
+// How router logits become expert scores.
+enum class ScoreFunction {
+  kSoftmax,  // over all E experts
+  kSigmoid,  // per expert, independently
+};
+// "softmax" / "sigmoid", the names config.json stores.
+const char* ScoreFunctionName(ScoreFunction f);
+absl::StatusOr<ScoreFunction> ParseScoreFunction(absl::string_view name);
+
+struct MoeConfig {
+  int64_t num_frozen_experts = 8;           // Nf, e.g. 8: exact slices, never trained
+  int64_t num_learned_experts = 8;          // Nl, e.g. 8: trained
+  int64_t expert_intermediate_size = 1792;  // Ie, e.g. 14336 / 8
+  int64_t top_k = 8;                        // K, e.g. 8
+  ScoreFunction score_function = ScoreFunction::kSoftmax;
+  bool normalize_gates = true;              // renormalise the K selected weights to sum to 1
+  double gate_scale = 8.0;                  // resolved factor on gate weights, e.g. K
+  double bias_update_rate = 1e-3;           // gamma of the balancing bias update, e.g. 1e-3
+
+  int64_t num_experts() const { return num_frozen_experts + num_learned_experts; }  // E
+};
+
+// Checks the MoE block against the dense shapes (Nf * Ie == I, 1 <= K <= E, ...).
+absl::Status ValidateMoeConfig(const MoeConfig& moe, const LlamaConfig& cfg);
+
+// The "moe" block of `cfg.extra_json`, or nullopt for a dense model. Validated.
+absl::StatusOr<std::optional<MoeConfig>> MoeConfigFromLlama(const LlamaConfig& cfg);
+
+// Stores `moe` as the "moe" block of `cfg->extra_json` (replacing any previous one).
+void SetMoeConfig(const MoeConfig& moe, LlamaConfig* cfg);
+
+}  // namespace llama_moe
+
+#endif  // LLAMA_MOE_MOE_MOE_CONFIG_H_
