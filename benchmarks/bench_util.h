@@ -1,14 +1,9 @@
 // Helpers shared by the benchmark binaries.
+//
+// Example:
+//   SetBenchThreads();  // before the first tensor work of the process
 #ifndef LLAMA_MOE_BENCHMARKS_BENCH_UTIL_H_
 #define LLAMA_MOE_BENCHMARKS_BENCH_UTIL_H_
-
-#include <ATen/core/Generator.h>
-#include <ATen/core/Tensor.h>
-
-#include <cstdint>
-#include <vector>
-
-#include "moe/expert_bank.h"
 
 namespace llama_moe {
 
@@ -17,13 +12,6 @@ namespace llama_moe {
 // thread stalls every barrier (the README's figures use 1). Call before the first tensor work;
 // later calls do nothing.
 void SetBenchThreads();
-
-// N(0, 1/fan_in) weights (fan_in = the last dimension), drawn in float32, stored in `dtype`.
-at::Tensor RandomWeight(std::vector<int64_t> shape, at::ScalarType dtype, at::Generator& gen);
-
-// An expert bank of `frozen` + `learned` experts of width `ie` on hidden size `h`.
-ExpertBank RandomExpertBank(int64_t frozen, int64_t learned, int64_t ie, int64_t h, at::ScalarType dtype,
-                              at::Generator& gen);
 
 }  // namespace llama_moe
 

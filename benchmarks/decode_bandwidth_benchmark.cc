@@ -57,6 +57,7 @@
 
 #include "benchmarks/bench_util.h"
 #include "moe/dispatch.h"
+#include "moe/random_expert_bank.h"
 
 namespace llama_moe {
 namespace {

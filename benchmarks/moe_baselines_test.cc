@@ -4,29 +4,15 @@
 
 #include <ATen/ATen.h>
 
-#include <cmath>
 #include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "moe/moe_reference.h"
+#include "moe/random_expert_bank.h"
 
 namespace llama_moe {
 namespace {
-
-ExpertBank RandomBank(int64_t nf, int64_t nl, int64_t ie, int64_t h) {
-  auto r = [&](std::vector<int64_t> shape) { return at::randn(shape) / std::sqrt(double(shape.back())); };
-  ExpertBank b;
-  b.frozen_gate = r({nf, ie, h});
-  b.frozen_up = r({nf, ie, h});
-  b.frozen_down = r({nf, h, ie});
-  if (nl > 0) {
-    b.learned_gate = r({nl, ie, h});
-    b.learned_up = r({nl, ie, h});
-    b.learned_down = r({nl, h, ie});
-  }
-  return b;
-}
 
 double RelErr(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() /
@@ -38,7 +24,7 @@ TEST(MoeBaselinesTest, MatchTheReference) {
   for (const auto& [T, nf, nl, K] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
            {1, 8, 8, 8}, {7, 8, 8, 2}, {33, 4, 4, 1}, {64, 8, 0, 3}}) {
     const int64_t H = 24, ie = 12;
-    const ExpertBank bank = RandomBank(nf, nl, ie, H);
+    const ExpertBank bank = RandomExpertBank(nf, nl, ie, H, at::kFloat);
     const at::Tensor expert = std::get<1>(at::rand({T, nf + nl}).topk(K, -1));
     const at::Tensor weight = at::rand({T, K}) + 0.1;
     const at::Tensor x = at::randn({T, H});

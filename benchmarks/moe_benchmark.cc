@@ -52,6 +52,7 @@
 #include "benchmarks/bench_util.h"
 #include "benchmarks/moe_baselines.h"
 #include "moe/dispatch.h"
+#include "moe/random_expert_bank.h"
 
 namespace llama_moe {
 namespace {

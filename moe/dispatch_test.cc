@@ -11,23 +11,10 @@
 #include "gtest/gtest.h"
 #include "moe/dispatch_plan.h"
 #include "moe/moe_reference.h"
+#include "moe/random_expert_bank.h"
 
 namespace llama_moe {
 namespace {
-
-ExpertBank RandomStacks(int64_t nf, int64_t nl, int64_t ie, int64_t h, at::ScalarType dtype) {
-  auto r = [&](std::vector<int64_t> shape) { return (at::randn(shape) / std::sqrt(double(shape.back()))).to(dtype); };
-  ExpertBank s;
-  s.frozen_gate = r({nf, ie, h});
-  s.frozen_up = r({nf, ie, h});
-  s.frozen_down = r({nf, h, ie});
-  if (nl > 0) {
-    s.learned_gate = r({nl, ie, h});
-    s.learned_up = r({nl, ie, h});
-    s.learned_down = r({nl, h, ie});
-  }
-  return s;
-}
 
 // Random routing: K distinct experts per token with positive weights.
 std::pair<at::Tensor, at::Tensor> RandomRoute(int64_t T, int64_t E, int64_t K) {
@@ -46,7 +33,7 @@ TEST(DispatchTest, SparseMatchesReferenceFloat32) {
   for (const auto& [T, nf, nl, K] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
            {1, 8, 8, 8}, {7, 8, 8, 2}, {33, 4, 4, 1}, {64, 8, 0, 3}, {50, 16, 16, 8}}) {
     const int64_t H = 24, ie = 12;
-    ExpertBank s = RandomStacks(nf, nl, ie, H, at::kFloat);
+    ExpertBank s = RandomExpertBank(nf, nl, ie, H, at::kFloat);
     auto [expert, weight] = RandomRoute(T, nf + nl, K);
     at::Tensor x = at::randn({T, H});
     const at::Tensor ref = ReferenceMoeForward(x, expert, weight, s);
@@ -58,7 +45,7 @@ TEST(DispatchTest, SparseMatchesReferenceFloat32) {
 TEST(DispatchTest, SparseMatchesReferenceBfloat16) {
   at::manual_seed(1);
   const int64_t T = 40, H = 32, ie = 16;
-  ExpertBank s = RandomStacks(8, 8, ie, H, at::kBFloat16);
+  ExpertBank s = RandomExpertBank(8, 8, ie, H, at::kBFloat16);
   auto [expert, weight] = RandomRoute(T, 16, 4);
   at::Tensor x = at::randn({T, H}).to(at::kBFloat16);
   // bfloat16 keeps 8 bits of mantissa; intermediate roundings differ by path: 2^-6 relative.
@@ -68,7 +55,7 @@ TEST(DispatchTest, SparseMatchesReferenceBfloat16) {
 TEST(DispatchTest, AllFrozenEqualsSumOfSlicesAndDenseFfn) {
   at::manual_seed(2);
   const int64_t T = 9, H = 16, nf = 4, ie = 8;
-  ExpertBank s = RandomStacks(nf, 2, ie, H, at::kFloat);
+  ExpertBank s = RandomExpertBank(nf, 2, ie, H, at::kFloat);
   at::Tensor x = at::randn({T, H});
   at::Tensor sum = at::zeros({T, H});
   for (int64_t e = 0; e < nf; ++e) sum += ExpertSwiGlu(s.Expert(e), x);
@@ -86,7 +73,7 @@ TEST(DispatchTest, AllFrozenEqualsSumOfSlicesAndDenseFfn) {
 TEST(DispatchTest, GradientsMatchReference) {
   at::manual_seed(3);
   const int64_t T = 12, H = 16, ie = 8, K = 3;
-  ExpertBank s = RandomStacks(4, 4, ie, H, at::kFloat);
+  ExpertBank s = RandomExpertBank(4, 4, ie, H, at::kFloat);
   s.learned_gate.set_requires_grad(true);
   s.learned_down.set_requires_grad(true);
   auto [expert, weight0] = RandomRoute(T, 8, K);
@@ -113,7 +100,7 @@ TEST(DispatchTest, UnchosenExpertsGetZeroGradients) {
   // hands out again; the second route leaves learned experts 5 and 6 (of 0..7) unchosen.
   at::manual_seed(21);
   const int64_t T = 16, H = 16, ie = 8;
-  ExpertBank s = RandomStacks(4, 4, ie, H, at::kFloat);
+  ExpertBank s = RandomExpertBank(4, 4, ie, H, at::kFloat);
   s.learned_gate.set_requires_grad(true);
   s.learned_up.set_requires_grad(true);
   s.learned_down.set_requires_grad(true);
@@ -135,7 +122,7 @@ TEST(DispatchTest, StackWithNoChosenExpertGetsADefinedZeroGradient) {
   // needed), through torch::autograd::grad and through backward() into .grad().
   at::manual_seed(22);
   const int64_t T = 3, H = 16, ie = 8;
-  ExpertBank s = RandomStacks(4, 4, ie, H, at::kFloat);
+  ExpertBank s = RandomExpertBank(4, 4, ie, H, at::kFloat);
   s.learned_gate.set_requires_grad(true);
   s.learned_down.set_requires_grad(true);
   const at::Tensor x = at::randn({T, H}).set_requires_grad(true), weight = at::rand({T, 2}) + 0.1;
@@ -161,7 +148,7 @@ void CheckAllGradients(int threads, int64_t T, int64_t nf, int64_t nl, int64_t K
   const int saved_threads = at::get_num_threads();
   at::set_num_threads(threads);
   const int64_t H = 16, ie = 8;
-  ExpertBank s = RandomStacks(nf, nl, ie, H, at::kFloat);
+  ExpertBank s = RandomExpertBank(nf, nl, ie, H, at::kFloat);
   std::vector<at::Tensor*> params = {&s.learned_gate, &s.learned_up, &s.learned_down};
   if (!freeze_frozen) params.insert(params.end(), {&s.frozen_gate, &s.frozen_up, &s.frozen_down});
   params.erase(std::remove_if(params.begin(), params.end(), [](at::Tensor* p) { return !p->defined(); }), params.end());
@@ -199,7 +186,7 @@ class Bfloat16Gradients : public ::testing::TestWithParam<std::array<int64_t, 4>
 TEST_P(Bfloat16Gradients, MatchReference) {
   at::manual_seed(8);
   const auto [T, H, ie, K] = GetParam();
-  ExpertBank s = RandomStacks(4, 4, ie, H, at::kBFloat16);
+  ExpertBank s = RandomExpertBank(4, 4, ie, H, at::kBFloat16);
   s.learned_gate.set_requires_grad(true);
   s.learned_up.set_requires_grad(true);
   s.learned_down.set_requires_grad(true);
@@ -225,7 +212,7 @@ TEST(DispatchTest, TwoThreadForwardMatchesReference) {
   const int saved_threads = at::get_num_threads();
   at::set_num_threads(2);
   for (auto dtype : {at::kFloat, at::kBFloat16}) {
-    ExpertBank s = RandomStacks(16, 16, 16, 32, dtype);
+    ExpertBank s = RandomExpertBank(16, 16, 16, 32, dtype);
     auto [expert, weight] = RandomRoute(64, 32, 4);
     at::Tensor x = at::randn({64, 32}).to(dtype);
     // As in the single-dtype tests above: ulps of float32, 2^-6 of bfloat16.
@@ -239,7 +226,7 @@ TEST(DispatchTest, RunsInInferenceMode) {
   // The benchmark and generation call it on inference tensors; the autograd function and its
   // out= writes into preallocated buffers must work on them.
   at::manual_seed(7);
-  ExpertBank s = RandomStacks(8, 8, 8, 16, at::kFloat);
+  ExpertBank s = RandomExpertBank(8, 8, 8, 16, at::kFloat);
   auto [expert, weight] = RandomRoute(40, 16, 4);
   at::Tensor x = at::randn({40, 16});
   const at::Tensor ref = ReferenceMoeForward(x, expert, weight, s);
@@ -260,7 +247,7 @@ TEST(DispatchTest, InferenceAndTrainingForwardsAgree) {
   // bfloat16, so an activation can land one bfloat16 step (2^-8 relative) apart.
   at::manual_seed(8);
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-    ExpertBank s = RandomStacks(8, 8, 16, 32, dtype);
+    ExpertBank s = RandomExpertBank(8, 8, 16, 32, dtype);
     auto [expert, weight] = RandomRoute(70, 16, 8);
     at::Tensor x = at::randn({70, 32}).to(dtype);
     const at::Tensor inference = SparseMoeForward(x, expert, weight, s);
@@ -289,7 +276,7 @@ TEST(DispatchTest, Bfloat16SlicesRoutedWithWeightOneAreAsAccurateAsTheDenseFfn) 
   // (Measured here: 1.07x the dense FFN's error summing in float32, 1.30x summing in bfloat16.)
   at::manual_seed(9);
   const int64_t T = 64, H = 256, nf = 8, ie = 64;
-  ExpertBank s = RandomStacks(nf, 0, ie, H, at::kBFloat16);
+  ExpertBank s = RandomExpertBank(nf, 0, ie, H, at::kBFloat16);
   const at::Tensor x = at::randn({T, H}).to(at::kBFloat16);
   ExpertBank s64;
   s64.frozen_gate = s.frozen_gate.to(at::kDouble);
@@ -309,7 +296,7 @@ TEST(DispatchTest, OneTokenPathMatchesReference) {
   // scatter); the same checks as the batched path.
   at::manual_seed(10);
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-    ExpertBank s = RandomStacks(8, 8, 16, 32, dtype);
+    ExpertBank s = RandomExpertBank(8, 8, 16, 32, dtype);
     for (int64_t K : {1, 2, 8}) {
       auto [expert, weight] = RandomRoute(1, 16, K);
       const at::Tensor x = at::randn({1, 32}).to(dtype);
@@ -328,7 +315,7 @@ TEST(DispatchTest, KernelAndGemmSegmentsInOneCallMatchReference) {
   at::manual_seed(12);
   const int64_t T = 48, H = 72, ie = 40;
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-    ExpertBank s = RandomStacks(4, 4, ie, H, dtype);
+    ExpertBank s = RandomExpertBank(4, 4, ie, H, dtype);
     const at::Tensor expert = at::stack({at::zeros({T}, at::kLong), at::randint(1, 8, {T}, at::kLong)}, 1);
     const at::Tensor weight = at::rand({T, 2}) + 0.1;
     const at::Tensor x = at::randn({T, H}).to(dtype);
@@ -342,7 +329,7 @@ TEST(DispatchTest, KernelAndGemmSegmentsInOneCallMatchReference) {
 TEST(DispatchTest, UnselectedExpertsAreNeverComputed) {
   // Poison an expert nobody selects: the sparse path must not touch it (NaN would propagate).
   at::manual_seed(4);
-  ExpertBank s = RandomStacks(4, 4, 8, 16, at::kFloat);
+  ExpertBank s = RandomExpertBank(4, 4, 8, 16, at::kFloat);
   s.learned_up[3].fill_(std::numeric_limits<float>::quiet_NaN());
   at::Tensor x = at::randn({20, 16});
   at::Tensor expert = at::randint(0, 7, {20, 2}, at::kLong);  // experts 0..6, never 7

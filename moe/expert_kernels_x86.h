@@ -20,10 +20,8 @@
 // k%pair. The tile output uses the same layout with pair 1 ([rows][bw] per block), so the
 // float32 gate/up output is already the down projection's panel.
 //
-// Example:
-//   __m512 r[16];
-//   for (int i = 0; i < 16; ++i) r[i] = _mm512_set1_ps(static_cast<float>(i));
-//   kernel_internal::Transpose16(r);  // row j now holds 0, 1, ..., 15
+// Its uses are the two panel forms (expert_kernels_avx512.cc, expert_kernels_avx512_bf16.cc);
+// outside a function compiled for AVX-512 none of it compiles, so it has no example of its own.
 #ifndef LLAMA_MOE_MOE_EXPERT_KERNELS_X86_H_
 #define LLAMA_MOE_MOE_EXPERT_KERNELS_X86_H_
 

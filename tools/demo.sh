@@ -39,8 +39,8 @@ stage data "Brown corpus tokenized with the model's tokenizer; held-out split by
   --format brown --heldout_fraction 0.05 --seed 0 --output "$out/data" | tail -n 3
 stage_done
 
-stage convert "dense -> 16 experts (8 frozen slices + 8 learned copies), seed-style and dense-preserving routers"
-"$bin/convert/convert" --input "$model" --output "$out/moe_seed" --recipe convert/recipes/default.textproto
+stage convert "dense -> 16 experts (8 frozen slices + 8 learned copies), normal-init and dense-preserving routers"
+"$bin/convert/convert" --input "$model" --output "$out/moe_normal" --recipe convert/recipes/default.textproto
 "$bin/convert/convert" --input "$model" --output "$out/moe_dp" --recipe convert/recipes/dense_preserving.textproto
 stage_done
 
@@ -51,7 +51,7 @@ f = sorted(glob.glob(sys.argv[1] + "/heldout-*.tok"))[0]
 b = open(f, "rb").read()
 print(",".join(str(x) for x in struct.unpack("<128I", b[64:64 + 512])))
 PY
-"$bin/eval/logit_match" --dense "$model" --moe "$out/moe_seed" --routing identity \
+"$bin/eval/logit_match" --dense "$model" --moe "$out/moe_normal" --routing identity \
   --tokens_file "$out/match_tokens.txt" --tolerance 1e-4 | tee "$out/logit_match.txt" || fail "identity mode does not match dense"
 "$bin/eval/logit_match" --dense "$model" --moe "$out/moe_dp" --routing routed \
   --tokens_file "$out/match_tokens.txt" --tolerance 1e-4 | tee -a "$out/logit_match.txt" || fail "dense-preserving routed mode does not match dense"
@@ -65,13 +65,13 @@ evaluate() {  # model label extra-args...
 
 stage eval_conversion "perplexity at conversion: dense, identity and routed modes of both inits"
 evaluate "$model" dense
-evaluate "$out/moe_seed" seed_conversion --routing identity,routed
+evaluate "$out/moe_normal" normal_conversion --routing identity,routed
 evaluate "$out/moe_dp" dp_conversion --routing routed
 stage_done
 
 stage train "continued pretraining of learned experts + routers (bias balancing), both inits"
 # The dense-preserving init starts at the dense optimum: a lower learning rate (see the config).
-for init in seed dp; do
+for init in normal dp; do
   lr=""
   [ "$init" = dp ] && lr="lr: 3e-4"
   "$bin/train/train" --config train/configs/demo_continued_pretraining.textproto \
@@ -80,7 +80,7 @@ done
 stage_done
 
 stage eval_trained "perplexity and expert load after training"
-evaluate "$out/train_seed/$(cat "$out/train_seed/latest")" seed_trained --routing routed
+evaluate "$out/train_normal/$(cat "$out/train_normal/latest")" normal_trained --routing routed
 evaluate "$out/train_dp/$(cat "$out/train_dp/latest")" dp_trained --routing routed
 stage_done
 
@@ -95,23 +95,23 @@ dense = ev("dense")["results"][0]["perplexity"]
 worst = lambda name: max(l["max_over_mean"] for l in [r for r in ev(name)["results"] if r["mode"] == "routed"][0]["layers"])
 rows = [
     ("dense perplexity", dense, "", True),
-    ("identity at conversion / dense", ppl("seed_conversion", "identity") / dense, "= 1 (1e-4)",
-     abs(ppl("seed_conversion", "identity") / dense - 1) < 1e-4),
-    ("seed-style routed at conversion", ppl("seed_conversion", "routed"), "", True),
-    ("seed-style routed after training / at conversion", ppl("seed_trained", "routed") / ppl("seed_conversion", "routed"),
-     "< 0.95", ppl("seed_trained", "routed") < 0.95 * ppl("seed_conversion", "routed")),
+    ("identity at conversion / dense", ppl("normal_conversion", "identity") / dense, "= 1 (1e-4)",
+     abs(ppl("normal_conversion", "identity") / dense - 1) < 1e-4),
+    ("normal-init routed at conversion", ppl("normal_conversion", "routed"), "", True),
+    ("normal-init routed after training / at conversion", ppl("normal_trained", "routed") / ppl("normal_conversion", "routed"),
+     "< 0.95", ppl("normal_trained", "routed") < 0.95 * ppl("normal_conversion", "routed")),
     ("dense-preserving routed at conversion / dense", ppl("dp_conversion", "routed") / dense, "= 1 (1e-3)",
      abs(ppl("dp_conversion", "routed") / dense - 1) < 1e-3),
     ("dense-preserving routed after training / dense", ppl("dp_trained", "routed") / dense, "< 1.05",
      ppl("dp_trained", "routed") / dense < 1.05),
-    ("seed-style after training: worst layer max/mean expert load", worst("seed_trained"), "< 1.5", worst("seed_trained") < 1.5),
+    ("normal-init after training: worst layer max/mean expert load", worst("normal_trained"), "< 1.5", worst("normal_trained") < 1.5),
     ("dense-preserving after training: worst layer max/mean expert load", worst("dp_trained"), "< 1.5", worst("dp_trained") < 1.5),
 ]
 ok = True
 for name, value, target, good in rows:
     print(f"{'ok  ' if good else 'FAIL'} {name}: {value:.4f}" + (f" (target {target})" if target else ""))
     ok &= bool(good)
-print(f"perplexities: dense {dense:.2f}; seed-style {ppl('seed_conversion', 'routed'):.2f} -> {ppl('seed_trained', 'routed'):.2f}; "
+print(f"perplexities: dense {dense:.2f}; normal-init {ppl('normal_conversion', 'routed'):.2f} -> {ppl('normal_trained', 'routed'):.2f}; "
       f"dense-preserving {ppl('dp_conversion', 'routed'):.2f} -> {ppl('dp_trained', 'routed'):.2f}")
 sys.exit(0 if ok else 1)
 PY
@@ -121,10 +121,10 @@ cat "$out/checks.txt"
 # Debian's python3 has matplotlib (python3-matplotlib); a python3 earlier on PATH may not.
 /usr/bin/python3 eval/make_report.py --out "$out" --title "llama-moe-cc demo: $(basename "$model") -> MoE" \
   --times "$times" \
-  --eval "dense=$out/eval_dense.json" --eval "seed@conversion=$out/eval_seed_conversion.json" \
+  --eval "dense=$out/eval_dense.json" --eval "normal-init@conversion=$out/eval_normal_conversion.json" \
   --eval "dense-preserving@conversion=$out/eval_dp_conversion.json" \
-  --eval "seed@trained=$out/eval_seed_trained.json" --eval "dense-preserving@trained=$out/eval_dp_trained.json" \
-  --metrics "seed=$out/train_seed/metrics.jsonl" --metrics "dense-preserving=$out/train_dp/metrics.jsonl" \
+  --eval "normal-init@trained=$out/eval_normal_trained.json" --eval "dense-preserving@trained=$out/eval_dp_trained.json" \
+  --metrics "normal-init=$out/train_normal/metrics.jsonl" --metrics "dense-preserving=$out/train_dp/metrics.jsonl" \
   --text "Dense generation=$out/generate_dense.txt" --text "Logit match=$out/logit_match.txt" \
   --text "Checks=$out/checks.txt"
 [ "$checks_ok" = 1 ] || fail "acceptance checks failed (see $out/checks.txt and $out/report.md)"

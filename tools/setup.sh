@@ -30,7 +30,8 @@ if ((${#missing[@]})); then
 fi
 
 # libtorch links float32 matmul to libblas.so.3; point the alternative at OpenBLAS (OpenMP build),
-# which is 60x faster than the reference BLAS. See shared/ENVIRONMENT.md.
+# which is 60x faster than the reference BLAS (the pthread build fights LibTorch's OpenMP threads
+# and runs 2x slower).
 for lib in libblas.so.3 liblapack.so.3; do
   alt=$(update-alternatives --list "${lib}-x86_64-linux-gnu" 2>/dev/null | grep openblas | grep openmp | head -n1 || true)
   [ -n "$alt" ] && update-alternatives --set "${lib}-x86_64-linux-gnu" "$alt" >/dev/null

@@ -134,74 +134,96 @@ std::vector<double> SelectTrainable(TrainingRun& t) {
   return lr_scales;
 }
 
-// Communication, the starting point (model or newest checkpoint), the model, what trains, the
-// data and the optimizer, in that order.
-absl::StatusOr<std::unique_ptr<TrainingRun>> SetUp(const TrainConfig& cfg, const TrainRunOptions& options) {
-  RETURN_IF_ERROR(CheckConfig(cfg));
-  auto t = std::make_unique<TrainingRun>();
-  t->cfg = cfg;
-  t->options = options;
+// The device, the communicator, the output directory and, with --resume, where to continue.
+absl::Status SetUpRun(TrainingRun& t) {
   try {
-    t->device = c10::Device(options.device);
+    t.device = c10::Device(t.options.device);
   } catch (const c10::Error&) {
-    return absl::InvalidArgumentError(absl::StrCat("device '", options.device, "' is not a device name"));
+    return absl::InvalidArgumentError(absl::StrCat("device '", t.options.device, "' is not a device name"));
   }
-  ASSIGN_OR_RETURN(t->comm, Communicator::Create(options.env, t->device, std::chrono::seconds(cfg.timeout_seconds())));
-  if (t->lead()) {
+  ASSIGN_OR_RETURN(t.comm,
+                   Communicator::Create(t.options.env, t.device, std::chrono::seconds(t.cfg.timeout_seconds())));
+  if (t.lead()) {
     std::error_code ec;
-    std::filesystem::create_directories(cfg.output_dir(), ec);
-    if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create '", cfg.output_dir(), "': ", ec.message()));
+    std::filesystem::create_directories(t.cfg.output_dir(), ec);
+    if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create '", t.cfg.output_dir(), "': ", ec.message()));
   }
-  if (options.resume) {
-    ASSIGN_OR_RETURN(t->resume, ReadResumePoint(cfg.output_dir(), t->comm->world_size()));
+  if (t.options.resume) {
+    ASSIGN_OR_RETURN(t.resume, ReadResumePoint(t.cfg.output_dir(), t.comm->world_size()));
   }
-  const std::string start_dir = t->resume ? t->resume->dir : cfg.model_dir();
+  return absl::OkStatus();
+}
 
+// The model from `start_dir` in routed mode, the checkpoints' context, and what trains.
+absl::StatusOr<std::vector<double>> SetUpModel(TrainingRun& t, const std::string& start_dir) {
   ModelLoadOptions mo;
-  ASSIGN_OR_RETURN(mo.dtype, ParseFloatDTypeFlag(cfg.dtype()), "dtype");
-  mo.device = t->device;
+  ASSIGN_OR_RETURN(mo.dtype, ParseFloatDTypeFlag(t.cfg.dtype()), "dtype");
+  mo.device = t.device;
   mo.moe.mode = RoutingMode::kRouted;
-  mo.moe.aux_loss_coef = cfg.aux_loss_coef();
-  mo.moe.z_loss_coef = cfg.z_loss_coef();
-  ASSIGN_OR_RETURN(t->loaded, LoadModel(start_dir, mo));
-  ASSIGN_OR_RETURN(t->checkpoints, MakeCheckpointContext(cfg.output_dir(), start_dir));
-  const std::vector<double> lr_scales = SelectTrainable(*t);
-  if (t->trainable.empty()) {
+  mo.moe.aux_loss_coef = t.cfg.aux_loss_coef();
+  mo.moe.z_loss_coef = t.cfg.z_loss_coef();
+  ASSIGN_OR_RETURN(t.loaded, LoadModel(start_dir, mo));
+  ASSIGN_OR_RETURN(t.checkpoints, MakeCheckpointContext(t.cfg.output_dir(), start_dir));
+  std::vector<double> lr_scales = SelectTrainable(t);
+  if (t.trainable.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("nothing to train in '", start_dir,
                                                    "' with this 'trainable' setting (a dense model needs trainable: ALL)"));
   }
+  return lr_scales;
+}
 
+// The training and held-out token streams and the data loader.
+absl::Status SetUpData(TrainingRun& t) {
+  const TrainConfig& cfg = t.cfg;
   ASSIGN_OR_RETURN(std::shared_ptr<const TokenStream> train_stream, TokenStream::Open(cfg.data_dir(), "train"));
-  ASSIGN_OR_RETURN(t->heldout, TokenStream::Open(cfg.data_dir(), "heldout"));
+  ASSIGN_OR_RETURN(t.heldout, TokenStream::Open(cfg.data_dir(), "heldout"));
   ASSIGN_OR_RETURN(ShardSetManifest manifest, ReadShardSetManifest(cfg.data_dir()));
-  if (manifest.vocab_size > t->loaded.config.vocab_size) {
+  if (manifest.vocab_size > t.loaded.config.vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat("data '", cfg.data_dir(), "' has vocabulary ", manifest.vocab_size,
-                                                   ", larger than the model's ", t->loaded.config.vocab_size));
+                                                   ", larger than the model's ", t.loaded.config.vocab_size));
   }
   DataLoaderOptions dlo;
   dlo.seq_len = cfg.seq_len();
   dlo.global_batch = cfg.global_batch();
   dlo.micro_batch = cfg.micro_batch();
-  dlo.world_size = t->comm->world_size();
+  dlo.world_size = t.comm->world_size();
   dlo.seed = cfg.seed();
-  ASSIGN_OR_RETURN(t->loader, DataLoader::Create(train_stream, dlo));
+  ASSIGN_OR_RETURN(t.loader, DataLoader::Create(train_stream, dlo));
+  return absl::OkStatus();
+}
 
+// Sharded AdamW over the trainable tensors; on resume, its state, the step and the data
+// position from the checkpoint in `start_dir`.
+absl::Status SetUpOptimizer(TrainingRun& t, const std::vector<double>& lr_scales, const std::string& start_dir) {
   AdamWOptions ao;
-  ao.beta1 = cfg.beta1();
-  ao.beta2 = cfg.beta2();
-  ao.eps = cfg.eps();
-  ao.weight_decay = cfg.weight_decay();
-  ao.bucket_bytes = static_cast<int64_t>(cfg.bucket_mb()) << 20;
-  t->opt = std::make_unique<ShardedAdamW>(t->trainable, t->comm.get(), ao, lr_scales);
-  if (t->resume) {
-    t->step = t->resume->state["step"].get<int64_t>();
-    ASSIGN_OR_RETURN(DataPosition pos, DataPosition::FromJson(t->resume->state["data_position"]));
-    RETURN_IF_ERROR(t->loader->CheckPosition(pos), absl::StrCat("resuming from '", start_dir, "'"));
-    const std::string shard = JoinPath(start_dir, OptimizerShardName(t->comm->rank(), t->comm->world_size()));
-    ASSIGN_OR_RETURN(auto state, ReadSafetensorsFile(shard));
-    RETURN_IF_ERROR(t->opt->LoadState(state), absl::StrCat("resuming from '", shard, "'"));
-  }
+  ao.beta1 = t.cfg.beta1();
+  ao.beta2 = t.cfg.beta2();
+  ao.eps = t.cfg.eps();
+  ao.weight_decay = t.cfg.weight_decay();
+  ao.bucket_bytes = static_cast<int64_t>(t.cfg.bucket_mb()) << 20;
+  t.opt = std::make_unique<ShardedAdamW>(t.trainable, t.comm.get(), ao, lr_scales);
+  if (!t.resume) return absl::OkStatus();
+  t.step = t.resume->state["step"].get<int64_t>();
+  ASSIGN_OR_RETURN(DataPosition pos, DataPosition::FromJson(t.resume->state["data_position"]));
+  RETURN_IF_ERROR(t.loader->CheckPosition(pos), absl::StrCat("resuming from '", start_dir, "'"));
+  const std::string shard = JoinPath(start_dir, OptimizerShardName(t.comm->rank(), t.comm->world_size()));
+  ASSIGN_OR_RETURN(auto state, ReadSafetensorsFile(shard));
+  RETURN_IF_ERROR(t.opt->LoadState(state), absl::StrCat("resuming from '", shard, "'"));
+  return absl::OkStatus();
+}
 
+// Everything a run needs, in order: communication and the starting point, the model, the data,
+// the optimizer, metrics and progress.
+absl::StatusOr<std::unique_ptr<TrainingRun>> SetUp(const TrainConfig& cfg, const TrainRunOptions& options) {
+  RETURN_IF_ERROR(CheckConfig(cfg));
+  auto t = std::make_unique<TrainingRun>();
+  t->cfg = cfg;
+  t->options = options;
+  RETURN_IF_ERROR(SetUpRun(*t));
+  const std::string start_dir = t->resume ? t->resume->dir : cfg.model_dir();
+  ASSIGN_OR_RETURN(const std::vector<double> lr_scales, SetUpModel(*t, start_dir));
+  RETURN_IF_ERROR(SetUpData(*t));
+  RETURN_IF_ERROR(SetUpOptimizer(*t, lr_scales, start_dir));
   t->bias_rate = cfg.bias_update_rate() > 0 ? cfg.bias_update_rate()
                                             : (t->loaded.moe ? t->loaded.moe->bias_update_rate : 0.0);
   t->tokens_per_step = static_cast<int64_t>(cfg.global_batch()) * cfg.seq_len();

@@ -59,3 +59,12 @@ def lm_header_examples_test(name, hdrs, deps = []):
         deps = deps + ["@system//:gtest_main", "//model:status_macros"],
         size = "small",
     )
+
+def lm_stage_sources():
+    """The filegroup `layering_sources` that //tests:layering_test reads: a stage's BUILD labels
+    and #includes."""
+    native.filegroup(
+        name = "layering_sources",
+        srcs = ["BUILD"] + native.glob(["**/*.h", "**/*.cc", "**/*.proto"]),
+        visibility = ["//tests:__pkg__"],
+    )
