@@ -118,6 +118,10 @@ TEST(ConverterTest, RecordsRecipeHashesAndCopiesSideFiles) {
   auto m = *Checkpoint::Open(out);
   LlamaConfig cfg = *m->LoadConfig();
   EXPECT_EQ(cfg.torch_dtype, "bfloat16");
+  // Labelled so that no library loads it as a dense Llama.
+  EXPECT_EQ(cfg.model_type, kMoeModelType);
+  EXPECT_THAT(*ReadFileToString(JoinPath(out, "config.json")), HasSubstr(kMoeArchitecture));
+  EXPECT_THAT(*ReadFileToString(JoinPath(out, "config.json")), ::testing::Not(HasSubstr("\"LlamaForCausalLM\"")));
   std::optional<MoeConfig> moe = *MoeConfigFromLlama(cfg);
   ASSERT_TRUE(moe.has_value());
   EXPECT_EQ(moe->top_k, 4);

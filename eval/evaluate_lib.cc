@@ -1,7 +1,9 @@
 #include "eval/evaluate_lib.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -30,29 +32,51 @@ absl::StatusOr<std::shared_ptr<const TokenStream>> OpenData(const EvalOptions& o
   return TokenStream::FromTokens(std::move(ids), eos);
 }
 
-// Windows of the stream as EvalBatches, at most max_windows.
-std::vector<EvalBatch> Windows(std::shared_ptr<const TokenStream> s, const EvalOptions& o) {
-  EvalIterator it = *EvalIterator::Create(s, o.seq_len, o.batch);
-  std::vector<EvalBatch> out;
-  int64_t n = 0;
-  while (std::optional<EvalBatch> b = it.Next()) {
-    if (o.max_windows > 0 && n + b->tokens.size(0) > o.max_windows) {
-      const int64_t keep = o.max_windows - n;
-      if (keep <= 0) break;
-      b->tokens = b->tokens.narrow(0, 0, keep);
-      b->target_mask = b->target_mask.narrow(0, 0, keep);
-      b->num_targets = b->target_mask.sum().item<int64_t>();
-    }
-    n += b->tokens.size(0);
-    out.push_back(*b);
-    if (o.max_windows > 0 && n >= o.max_windows) break;
-  }
-  return out;
+// Sums over a mode's evaluated target tokens.
+struct ModeSums {
+  double nll = 0;    // -log p(target)
+  double kl = 0;     // KL(reference || model) per position
+  double agree = 0;  // positions where the two argmaxes agree
+};
+
+// Positions per head call: float32 logits of about 256 MiB for the whole batch.
+int64_t HeadChunk(int64_t batch, int64_t vocab) { return std::max<int64_t>(1, (int64_t{64} << 20) / (batch * vocab)); }
+
+// Final-normed hidden states of the batch's inputs [B,L,H].
+at::Tensor Hidden(LlamaForCausalLM& m, const EvalBatch& b, int64_t seq_len) {
+  ForwardOptions fo;
+  fo.hidden_states_only = true;
+  return m.ForwardUnchecked(b.tokens.narrow(1, 0, seq_len), fo);
 }
 
-at::Tensor LogProbs(LlamaForCausalLM& m, const EvalBatch& b, int64_t seq_len) {
-  ForwardOptions fo;
-  return at::log_softmax(m.ForwardUnchecked(b.tokens.narrow(1, 0, seq_len), fo), -1);  // [B,L,V] float32
+// Adds the batch to `sums` for the model with hidden states h, and, when `ref` is given, against
+// the reference's hidden states ref_h. The head and the log-softmax run on a few positions at a
+// time.
+void Score(LlamaForCausalLM& m, const at::Tensor& h, LlamaForCausalLM* ref, const at::Tensor& ref_h,
+           const EvalBatch& b, int64_t seq_len, ModeSums& sums) {
+  const at::Tensor targets = b.tokens.narrow(1, 1, seq_len).to(h.device());
+  const at::Tensor mask = b.target_mask.to(h.device(), at::kFloat);
+  const int64_t chunk = HeadChunk(h.size(0), m.config().vocab_size);
+  for (int64_t p = 0; p < seq_len; p += chunk) {
+    const int64_t n = std::min(chunk, seq_len - p);
+    const at::Tensor lp = at::log_softmax(m.Logits(h.narrow(1, p, n)), -1);  // [B,n,V] float32
+    const at::Tensor t = targets.narrow(1, p, n), mk = mask.narrow(1, p, n);
+    sums.nll -= (lp.gather(-1, t.unsqueeze(-1)).squeeze(-1) * mk).sum().item<double>();
+    if (ref == nullptr) continue;
+    const at::Tensor rl = at::log_softmax(ref->Logits(ref_h.narrow(1, p, n)), -1);
+    sums.kl += ((rl.exp() * (rl - lp)).sum(-1) * mk).sum().item<double>();
+    sums.agree += ((rl.argmax(-1) == lp.argmax(-1)).to(at::kFloat) * mk).sum().item<double>();
+  }
+}
+
+absl::Status CheckContext(const LoadedModel& m, const std::string& dir, int64_t seq_len) {
+  // A window predicts seq_len targets from positions 0..seq_len-1.
+  if (seq_len > m.config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("--seq_len ", seq_len, " is longer than the context of '", dir,
+                                                   "' (max_position_embeddings ", m.config.max_position_embeddings,
+                                                   ")"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -60,69 +84,78 @@ at::Tensor LogProbs(LlamaForCausalLM& m, const EvalBatch& b, int64_t seq_len) {
 absl::StatusOr<json> Evaluate(const EvalOptions& o) {
   ModelLoadOptions lo;
   lo.dtype = o.dtype;
+  lo.device = o.device;
   ASSIGN_OR_RETURN(LoadedModel model, LoadModel(o.model_dir, lo));
+  RETURN_IF_ERROR(CheckContext(model, o.model_dir, o.seq_len));
   ASSIGN_OR_RETURN(std::shared_ptr<const TokenStream> data, OpenData(o, o.model_dir, model.config));
-  const std::vector<EvalBatch> windows = Windows(data, o);
-  if (windows.empty()) return absl::InvalidArgumentError(absl::StrCat("no evaluation windows in ", data->name()));
-
   std::optional<LoadedModel> reference;
+  if (!o.reference_dir.empty()) {
+    ASSIGN_OR_RETURN(reference, LoadModel(o.reference_dir, lo));
+    if (reference->config.vocab_size != model.config.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("reference '", o.reference_dir, "' has vocabulary ",
+                                                     reference->config.vocab_size, ", the model ",
+                                                     model.config.vocab_size));
+    }
+    RETURN_IF_ERROR(CheckContext(*reference, o.reference_dir, o.seq_len));
+  }
+  std::vector<RoutingMode> modes = o.modes;
+  if (!model.moe) modes = {RoutingMode::kRouted};  // a dense model has one way to run
+  for (MoeFeedForward* l : model.moe_layers) l->TakeRoutingStats();
+
+  // One batch at a time: the reference once, then every mode.
+  ASSIGN_OR_RETURN(EvalIterator it, EvalIterator::Create(data, o.seq_len, o.batch));
+  std::vector<ModeSums> sums(modes.size());
+  ModeSums ref_sums;
+  int64_t tokens = 0, windows = 0;
+  try {
+    c10::NoGradGuard no_grad;
+    while (std::optional<EvalBatch> b = it.Next()) {
+      if (o.max_windows > 0 && windows + b->tokens.size(0) > o.max_windows) {
+        const int64_t keep = o.max_windows - windows;
+        if (keep <= 0) break;
+        b->tokens = b->tokens.narrow(0, 0, keep);
+        b->target_mask = b->target_mask.narrow(0, 0, keep);
+        b->num_targets = b->target_mask.sum().item<int64_t>();
+      }
+      windows += b->tokens.size(0);
+      tokens += b->num_targets;
+      at::Tensor ref_h;
+      if (reference) {
+        ref_h = Hidden(*reference->model, *b, o.seq_len);
+        Score(*reference->model, ref_h, nullptr, at::Tensor(), *b, o.seq_len, ref_sums);
+      }
+      for (size_t i = 0; i < modes.size(); ++i) {
+        model.SetRouting(modes[i]);
+        Score(*model.model, Hidden(*model.model, *b, o.seq_len), reference ? reference->model.get() : nullptr,
+              ref_h, *b, o.seq_len, sums[i]);
+      }
+      if (o.max_windows > 0 && windows >= o.max_windows) break;
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("evaluating '", o.model_dir, "': ", e.what_without_backtrace()));
+  }
+  if (windows == 0) return absl::InvalidArgumentError(absl::StrCat("no evaluation windows in ", data->name()));
+
   json report;
   report["model"] = o.model_dir;
   report["data"] = data->name();
   report["seq_len"] = o.seq_len;
-  report["windows"] = 0;
-  std::vector<at::Tensor> ref_logp;  // per batch, only when a reference is given
-  int64_t tokens = 0;
-  for (const EvalBatch& b : windows) tokens += b.num_targets;
+  report["windows"] = windows;
   report["tokens"] = tokens;
-  int64_t nwin = 0;
-  for (const EvalBatch& b : windows) nwin += b.tokens.size(0);
-  report["windows"] = nwin;
-
-  if (!o.reference_dir.empty()) {
-    ModelLoadOptions ro;
-    ro.dtype = o.dtype;
-    ASSIGN_OR_RETURN(LoadedModel r, LoadModel(o.reference_dir, ro));
-    if (r.config.vocab_size != model.config.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("reference '", o.reference_dir, "' has vocabulary ", r.config.vocab_size,
-                                                     ", the model ", model.config.vocab_size));
-    }
-    double nll = 0;
-    for (const EvalBatch& b : windows) {
-      at::Tensor lp = LogProbs(*r.model, b, o.seq_len);
-      const at::Tensor t = b.tokens.narrow(1, 1, o.seq_len);
-      nll -= (lp.gather(-1, t.unsqueeze(-1)).squeeze(-1) * b.target_mask).sum().item<double>();
-      ref_logp.push_back(lp);
-    }
-    report["reference"] = {{"model", o.reference_dir}, {"loss", nll / tokens}, {"perplexity", std::exp(nll / tokens)}};
+  if (reference) {
+    const double nll = ref_sums.nll / tokens;
+    report["reference"] = {{"model", o.reference_dir}, {"loss", nll}, {"perplexity", std::exp(nll)}};
   }
-
-  std::vector<RoutingMode> modes = o.modes;
-  if (!model.moe) modes = {RoutingMode::kRouted};  // a dense model has one way to run
   json results = json::array();
-  for (RoutingMode mode : modes) {
-    model.SetRouting(mode);
-    for (MoeFeedForward* l : model.moe_layers) l->TakeRoutingStats();
-    double nll = 0, kl = 0, agree = 0;
-    for (size_t i = 0; i < windows.size(); ++i) {
-      const EvalBatch& b = windows[i];
-      at::Tensor lp = LogProbs(*model.model, b, o.seq_len);
-      const at::Tensor t = b.tokens.narrow(1, 1, o.seq_len);
-      const at::Tensor mask = b.target_mask.to(at::kFloat);
-      nll -= (lp.gather(-1, t.unsqueeze(-1)).squeeze(-1) * mask).sum().item<double>();
-      if (!ref_logp.empty()) {
-        const at::Tensor& rl = ref_logp[i];
-        kl += ((rl.exp() * (rl - lp)).sum(-1) * mask).sum().item<double>();
-        agree += ((rl.argmax(-1) == lp.argmax(-1)).to(at::kFloat) * mask).sum().item<double>();
-      }
+  for (size_t i = 0; i < modes.size(); ++i) {
+    json r = {{"mode", model.moe ? RoutingModeName(modes[i]) : "dense"}, {"loss", sums[i].nll / tokens},
+              {"perplexity", std::exp(sums[i].nll / tokens)}};
+    if (reference) {
+      r["kl_to_reference"] = sums[i].kl / tokens;
+      r["top1_agreement"] = sums[i].agree / tokens;
     }
-    json r = {{"mode", model.moe ? RoutingModeName(mode) : "dense"}, {"loss", nll / tokens},
-              {"perplexity", std::exp(nll / tokens)}};
-    if (!ref_logp.empty()) {
-      r["kl_to_reference"] = kl / tokens;
-      r["top1_agreement"] = agree / tokens;
-    }
-    if (model.moe && mode == RoutingMode::kRouted) {
+    // Only routed forwards count loads, so the statistics are the routed mode's alone.
+    if (model.moe && modes[i] == RoutingMode::kRouted) {
       json layers = json::array();
       for (MoeFeedForward* l : model.moe_layers) {
         RoutingStats s = l->TakeRoutingStats();

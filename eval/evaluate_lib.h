@@ -4,6 +4,10 @@
 // router entropy. The results are one JSON document that eval/make_report.py renders as a
 // Markdown report with PNG plots.
 //
+// It streams: one batch of windows at a time, every mode and the reference on it, then the next;
+// the head runs on a few positions at a time, so no [B,L,V] logits exist at V = 128256 and
+// memory does not grow with the number of windows.
+//
 // Example:
 //   EvalOptions o;
 //   o.model_dir = "out/moe";
@@ -35,6 +39,7 @@ struct EvalOptions {
   int64_t max_windows = 64;   // windows evaluated at most (0: all)
   std::vector<RoutingMode> modes = {RoutingMode::kRouted};  // ignored for dense models
   std::optional<DType> dtype;  // compute dtype; unset: the checkpoint's
+  c10::Device device = c10::Device(c10::kCPU);  // e.g. cuda:0
 };
 
 // {"model": ..., "reference": {...}, "tokens": N, "results": [{"mode", "loss", "perplexity",

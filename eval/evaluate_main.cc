@@ -11,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "eval/evaluate_lib.h"
 #include "model/file_util.h"
+#include "model/llama_model.h"
 #include "model/main_util.h"
 #include "model/status_macros.h"
 
@@ -24,6 +25,7 @@ ABSL_FLAG(int64_t, seq_len, 256, "window length");
 ABSL_FLAG(int64_t, batch, 8, "windows per forward pass");
 ABSL_FLAG(int64_t, max_windows, 64, "windows at most (0: all)");
 ABSL_FLAG(std::string, dtype, "", "compute dtype: float32 or bfloat16 (default: the checkpoint's)");
+ABSL_FLAG(std::string, device, "cpu", "device, e.g. cpu, cuda, cuda:1");
 ABSL_FLAG(std::string, output, "", "write the JSON report here (default: stdout)");
 
 namespace llama_moe {
@@ -52,6 +54,7 @@ absl::Status Run() {
   if (!absl::GetFlag(FLAGS_dtype).empty()) {
     ASSIGN_OR_RETURN(o.dtype, ParseFloatDTypeFlag(absl::GetFlag(FLAGS_dtype)), "--dtype");
   }
+  ASSIGN_OR_RETURN(o.device, ParseDevice(absl::GetFlag(FLAGS_device)));
   ASSIGN_OR_RETURN(nlohmann::json report, Evaluate(o));
   const std::string text = report.dump(2) + "\n";
   if (absl::GetFlag(FLAGS_output).empty()) {

@@ -98,11 +98,7 @@ absl::StatusOr<Options> FlagsToOptions() {
 absl::Status Run(const Options& o) {
   LlamaLoadOptions load;
   load.dtype = o.dtype;
-  try {
-    load.device = c10::Device(o.device);
-  } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(absl::StrCat("--device '", o.device, "' is not a device name"));
-  }
+  ASSIGN_OR_RETURN(load.device, ParseDevice(o.device));
   std::unique_ptr<Tokenizer> tokenizer;
   const std::string tokenizer_path = JoinPath(o.model_dir, "tokenizer.json");
   if (!o.prompt.empty() || PathExists(tokenizer_path)) {

@@ -11,6 +11,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "eval/token_args.h"
@@ -28,6 +29,7 @@ ABSL_FLAG(std::string, tokens_file, "", "or a file of token ids");
 ABSL_FLAG(int64_t, greedy_tokens, 32, "greedy continuation length compared");
 ABSL_FLAG(double, tolerance, 1e-4, "largest accepted max|dlogit| / max|logit|");
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype of both models");
+ABSL_FLAG(std::string, device, "cpu", "device, e.g. cpu, cuda, cuda:1");
 
 namespace llama_moe {
 namespace {
@@ -47,10 +49,15 @@ absl::Status Run() {
   }
   ModelLoadOptions o;
   ASSIGN_OR_RETURN(o.dtype, ParseFloatDTypeFlag(absl::GetFlag(FLAGS_dtype)), "--dtype");
+  ASSIGN_OR_RETURN(o.device, ParseDevice(absl::GetFlag(FLAGS_device)));
   ASSIGN_OR_RETURN(LoadedModel dense, LoadModel(ResolveUserPath(absl::GetFlag(FLAGS_dense)), o));
   ASSIGN_OR_RETURN(o.moe.mode, ParseRoutingMode(absl::GetFlag(FLAGS_routing)), "--routing");
   ASSIGN_OR_RETURN(LoadedModel moe, LoadModel(ResolveUserPath(absl::GetFlag(FLAGS_moe)), o));
   if (!moe.moe) return absl::InvalidArgumentError("--moe is not an MoE model (no 'moe' block in config.json)");
+  if (moe.config.vocab_size != dense.config.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("--moe has vocabulary ", moe.config.vocab_size, ", --dense ",
+                                                   dense.config.vocab_size, ": they are not the same model"));
+  }
   const at::Tensor tokens = at::tensor(ids, at::TensorOptions().dtype(at::kLong));
   ASSIGN_OR_RETURN(at::Tensor a, dense.model->Forward(tokens));
   ASSIGN_OR_RETURN(at::Tensor b, moe.model->Forward(tokens));

@@ -241,9 +241,12 @@ at::Tensor LlamaForCausalLM::ForwardUnchecked(const at::Tensor& tokens_in, const
   at::Tensor h = model_->forward(tokens, ctx);
   if (options.cache != nullptr) options.cache->Advance(t);
   if (options.last_position_only) h = h.narrow(1, t - 1, 1);
-  const at::Tensor logits =
-      (lm_head_ ? lm_head_->forward(h) : at::linear(h, model_->embed_weight())).to(at::kFloat);
-  return one_d ? logits.squeeze(0) : logits;
+  const at::Tensor out = options.hidden_states_only ? h : Logits(h);
+  return one_d ? out.squeeze(0) : out;
+}
+
+at::Tensor LlamaForCausalLM::Logits(const at::Tensor& hidden) {
+  return (lm_head_ ? lm_head_->forward(hidden) : at::linear(hidden, model_->embed_weight())).to(at::kFloat);
 }
 
 absl::StatusOr<at::Tensor> LlamaForCausalLM::Forward(const at::Tensor& tokens, const ForwardOptions& options) {
@@ -285,6 +288,14 @@ absl::StatusOr<at::Tensor> LlamaForCausalLM::Forward(const at::Tensor& tokens, c
     return ForwardUnchecked(tokens, options);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("Llama forward: ", e.what_without_backtrace()));
+  }
+}
+
+absl::StatusOr<c10::Device> ParseDevice(const std::string& name, const std::string& flag) {
+  try {
+    return c10::Device(name);
+  } catch (const c10::Error&) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, " '", name, "' is not a device name (cpu, cuda, cuda:1, ...)"));
   }
 }
 

@@ -128,6 +128,10 @@ struct ForwardOptions {
   // Only the logits of the last slot ([B,1,V]): generation needs no more, and the head is a
   // large matmul (V = 128256).
   bool last_position_only = false;
+  // The final-normed hidden states [B,T,H] in the compute dtype instead of logits; Logits()
+  // then applies the head to as many positions at a time as memory allows (at V = 128256 the
+  // float32 logits of 2048 positions are 1 GiB).
+  bool hidden_states_only = false;
   // Record the autograd graph (training). Inference leaves it off: no graph, less memory.
   bool enable_grad = false;
   // With enable_grad: activation checkpointing per decoder layer.
@@ -184,6 +188,9 @@ class LlamaForCausalLM : public torch::nn::Module {
   // The same without the checks; throws c10::Error. For code that already validated its input.
   at::Tensor ForwardUnchecked(const at::Tensor& tokens, const ForwardOptions& options);
 
+  // float32 logits [..., V] of final-normed hidden states [..., H] (hidden_states_only).
+  at::Tensor Logits(const at::Tensor& hidden);
+
  private:
   LlamaConfig cfg_;
   at::TensorOptions options_;
@@ -191,6 +198,9 @@ class LlamaForCausalLM : public torch::nn::Module {
   std::shared_ptr<LlamaBackbone> model_;
   std::shared_ptr<LinearNoBias> lm_head_;  // null when the head is tied to the embedding
 };
+
+// "cpu", "cuda", "cuda:1", ... as a device; an error naming the flag otherwise.
+absl::StatusOr<c10::Device> ParseDevice(const std::string& name, const std::string& flag = "--device");
 
 // The compute dtype for `cfg` given an optional request (see LlamaLoadOptions::dtype).
 absl::StatusOr<c10::ScalarType> ResolveComputeDType(const LlamaConfig& cfg, std::optional<DType> requested);

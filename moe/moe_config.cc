@@ -46,7 +46,13 @@ absl::Status ValidateMoeConfig(const MoeConfig& m, const LlamaConfig& cfg) {
 
 absl::StatusOr<std::optional<MoeConfig>> MoeConfigFromLlama(const LlamaConfig& cfg) {
   json extra = json::parse(cfg.extra_json, nullptr, /*allow_exceptions=*/false);
-  if (!extra.is_object() || !extra.contains("moe")) return std::optional<MoeConfig>();
+  if (!extra.is_object() || !extra.contains("moe")) {
+    if (cfg.model_type == kMoeModelType) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config says model_type '", kMoeModelType, "' but has no 'moe' block"));
+    }
+    return std::optional<MoeConfig>();
+  }
   const json& j = extra["moe"];
   if (!j.is_object()) return absl::InvalidArgumentError("config field 'moe' is not an object");
   MoeConfig m;
@@ -81,7 +87,9 @@ void SetMoeConfig(const MoeConfig& m, LlamaConfig* cfg) {
                   {"normalize_gates", m.normalize_gates},
                   {"gate_scale", m.gate_scale},
                   {"bias_update_rate", m.bias_update_rate}};
+  extra["architectures"] = {kMoeArchitecture};
   cfg->extra_json = extra.dump();
+  cfg->model_type = kMoeModelType;
 }
 
 }  // namespace llama_moe

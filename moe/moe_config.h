@@ -46,13 +46,22 @@ struct MoeConfig {
   int64_t num_experts() const { return num_frozen_experts + num_learned_experts; }  // E
 };
 
+// What an MoE directory's config.json calls itself. Not "llama"/"LlamaForCausalLM": Hugging Face
+// transformers would load such a directory as a dense Llama with random MLPs and only warn; an
+// unknown model_type makes it refuse.
+inline constexpr char kMoeModelType[] = "llama_moe_cc";
+inline constexpr char kMoeArchitecture[] = "LlamaMoeCcForCausalLM";
+
 // Checks the MoE block against the dense shapes (Nf * Ie == I, 1 <= K <= E, ...).
 absl::Status ValidateMoeConfig(const MoeConfig& moe, const LlamaConfig& cfg);
 
-// The "moe" block of `cfg.extra_json`, or nullopt for a dense model. Validated.
+// The "moe" block of `cfg.extra_json`, or nullopt for a dense model. Validated. A model_type of
+// kMoeModelType without the block is an error; directories written before the labels existed
+// (model_type "llama" with a "moe" block) still read.
 absl::StatusOr<std::optional<MoeConfig>> MoeConfigFromLlama(const LlamaConfig& cfg);
 
-// Stores `moe` as the "moe" block of `cfg->extra_json` (replacing any previous one).
+// Stores `moe` as the "moe" block of `cfg->extra_json` (replacing any previous one) and labels the
+// config kMoeModelType / kMoeArchitecture.
 void SetMoeConfig(const MoeConfig& moe, LlamaConfig* cfg);
 
 }  // namespace llama_moe

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs `inspect --verify` on every case of tests/malformed and checks that each fails cleanly:
 # exit code 1 or 2 (not a signal or sanitizer abort), exactly one error line on stderr that
-# contains the expected substrings (file and tensor names), and that the valid control passes.
+# contains the expected substrings (file and tensor names), and that the valid controls (a dense
+# and an MoE directory) pass.
 set -u
 inspect="$1"
 corpus="$(dirname "$2")"
@@ -32,9 +33,11 @@ while IFS=$'\t' read -r name subs; do
   done
   echo "ok   $name: $err"
 done <"$corpus/EXPECTED"
-if ! out=$("$inspect" --model "$corpus/valid_control" --verify 2>&1); then
-  echo "FAIL valid_control: $out"
-  fails=$((fails + 1))
-fi
+for control in valid_control valid_moe_control; do
+  if ! out=$("$inspect" --model "$corpus/$control" --verify 2>&1); then
+    echo "FAIL $control: $out"
+    fails=$((fails + 1))
+  fi
+done
 echo "$cases malformed cases, $fails failures"
 [[ $cases -ge 20 && $fails -eq 0 ]]

@@ -6,7 +6,8 @@
 # Checks: B's losses equal A's to 1e-5 relative and its two ranks hold identical router biases;
 # C's losses equal A's exactly; frozen experts, attention, norms, embeddings and head are
 # bit-for-bit unchanged; held-out loss falls; optimizer state per rank halves with 2 ranks;
-# D: activation checkpointing gives the same losses; E: a NaN loss stops the run cleanly.
+# D: activation checkpointing gives the same losses; E: a NaN loss stops the run cleanly;
+# A keeps only its 2 newest checkpoints.
 set -euo pipefail
 prepare="$1"; make_tiny="$2"; convert="$3"; train="$4"; tokenizer="$5"; brown="$(dirname "$6")"
 work="${TEST_TMPDIR:-$(mktemp -d)}/train_e2e"
@@ -22,7 +23,8 @@ export OMP_NUM_THREADS=1
 common="model_dir: \"$work/moe\" data_dir: \"$work/data\" steps: 20 seq_len: 64 global_batch: 8
   warmup_steps: 2 lr: 1e-2 dtype: \"float32\" eval_sequences: 32 log_every: 10"
 
-"$train" --set "$common output_dir: \"$work/A\" micro_batch: 4 eval_every: 20" >"$work/A.out" 2>"$work/A.err"
+"$train" --set "$common output_dir: \"$work/A\" micro_batch: 4 eval_every: 20 checkpoint_every: 5 keep_checkpoints: 2" \
+  >"$work/A.out" 2>"$work/A.err"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 torchrun --no_python --nproc_per_node=2 --redirects 1 --tee 1 --master_addr 127.0.0.1 --master_port "$port" \
@@ -92,6 +94,11 @@ opt1 = [float(l.split("optimizer state ")[1].split(" MB")[0]) for l in open(f"{w
 print(f"optimizer state per rank: 1 rank {opt1} MB, 2 ranks {opt} MB")
 if not opt or not opt1 or max(opt) > 0.51 * opt1[0] + 0.01:
     fails.append("optimizer state did not halve with 2 ranks")
+import os
+kept = sorted(d for d in os.listdir(f"{work}/A") if d.startswith("step-"))
+print("checkpoints kept (keep_checkpoints: 2):", kept)
+if kept != ["step-000015", "step-000020"]:
+    fails.append(f"keep_checkpoints: 2 left {kept}")
 print("resume:", "equal" if C == A else "DIFFERENT")
 if C != A:
     fails.append("interrupted+resumed losses differ: " + str([(s, A[s], C.get(s)) for s in A if A[s] != C.get(s)][:3]))

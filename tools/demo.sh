@@ -42,6 +42,7 @@ stage_done
 stage convert "dense -> 16 experts (8 frozen slices + 8 learned copies), normal-init and dense-preserving routers"
 "$bin/convert/convert" --input "$model" --output "$out/moe_normal" --recipe convert/recipes/default.textproto
 "$bin/convert/convert" --input "$model" --output "$out/moe_dp" --recipe convert/recipes/dense_preserving.textproto
+"$bin/tools/inspect" --model "$out/moe_normal" --verify | tail -n 1
 stage_done
 
 stage logit_match "identity mode reproduces the dense logits and greedy decoding"

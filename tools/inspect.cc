@@ -1,5 +1,7 @@
 // inspect: lists the tensors of a model directory or a .safetensors file and, with --verify,
-// reads every tensor and checks the checkpoint against its config.json.
+// reads every tensor and checks the checkpoint against its config.json: a dense Llama against
+// its tensor table, an MoE directory (converted or trained) against its own layout (the "moe"
+// block, expert stacks, router weights and biases) and its recipe.textproto.
 //
 //   bazel run //tools:inspect -- --model /models/llama3-8b --verify
 #include <cstdio>
@@ -10,12 +12,15 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
+#include "convert/recipe.h"
 #include "model/checkpoint.h"
 #include "model/file_util.h"
 #include "model/llama_layout.h"
 #include "model/main_util.h"
 #include "model/safetensors.h"
 #include "model/status_macros.h"
+#include "moe/moe_config.h"
+#include "moe/moe_layout.h"
 
 ABSL_FLAG(std::string, model, "", "model directory (HF layout) or a single .safetensors file");
 ABSL_FLAG(bool, verify, false, "read every tensor and check the checkpoint against config.json");
@@ -42,6 +47,36 @@ absl::Status InspectFile(const std::string& path, bool verify) {
   std::printf("%zu tensors, %llu bytes\n", f->header().tensors.size(),
               static_cast<unsigned long long>(f->header().data_size));
   return absl::OkStatus();
+}
+
+// The recipe recorded beside an MoE model's weights must be the one its "moe" block came from.
+absl::Status VerifyRecipe(const std::string& dir, const LlamaConfig& cfg, const MoeConfig& moe) {
+  const std::string path = JoinPath(dir, "recipe.textproto");
+  if (!PathExists(path)) return absl::OkStatus();
+  ASSIGN_OR_RETURN(ConversionRecipe recipe, LoadRecipe(path));
+  ASSIGN_OR_RETURN(MoeConfig from_recipe, ResolveRecipe(cfg, &recipe), absl::StrCat("recipe '", path, "'"));
+  auto differs = [&](const char* field, auto a, auto b) -> absl::Status {
+    if (a == b) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat("recipe '", path, "' gives ", field, " ", a,
+                                                   ", the 'moe' block of config.json ", b));
+  };
+  RETURN_IF_ERROR(differs("num_frozen_experts", from_recipe.num_frozen_experts, moe.num_frozen_experts));
+  RETURN_IF_ERROR(differs("num_learned_experts", from_recipe.num_learned_experts, moe.num_learned_experts));
+  RETURN_IF_ERROR(differs("expert_intermediate_size", from_recipe.expert_intermediate_size, moe.expert_intermediate_size));
+  RETURN_IF_ERROR(differs("top_k", from_recipe.top_k, moe.top_k));
+  RETURN_IF_ERROR(differs("score_function", std::string(ScoreFunctionName(from_recipe.score_function)),
+                          std::string(ScoreFunctionName(moe.score_function))));
+  auto yes_no = [](bool b) { return std::string(b ? "true" : "false"); };
+  RETURN_IF_ERROR(differs("normalize_gates", yes_no(from_recipe.normalize_gates), yes_no(moe.normalize_gates)));
+  return differs("gate_scale", from_recipe.gate_scale, moe.gate_scale);
+}
+
+// Every tensor read and checked against the layout config.json describes: dense or MoE.
+absl::Status Verify(const std::string& dir, const Checkpoint& ckpt, const LlamaConfig& cfg) {
+  ASSIGN_OR_RETURN(std::optional<MoeConfig> moe, MoeConfigFromLlama(cfg), absl::StrCat("config '", dir, "/config.json'"));
+  if (!moe) return VerifyLlamaCheckpoint(ckpt, cfg, /*read_data=*/true);
+  RETURN_IF_ERROR(VerifyCheckpointTensors(ckpt, MoeTensorSpecs(cfg, *moe, DType::kF32), /*read_data=*/true));
+  return VerifyRecipe(dir, cfg, *moe);
 }
 
 absl::Status Run() {
@@ -71,7 +106,7 @@ absl::Status Run() {
   std::printf("%zu tensors in %zu file(s), %llu bytes\n", ckpt->TensorNames().size(), ckpt->shards().size(),
               static_cast<unsigned long long>(ckpt->total_bytes()));
   if (verify) {
-    RETURN_IF_ERROR(VerifyLlamaCheckpoint(*ckpt, *cfg, /*read_data=*/true));
+    RETURN_IF_ERROR(Verify(path, *ckpt, *cfg));
     std::printf("verify: ok (every tensor read, shapes match config.json, all values finite)\n");
   }
   return absl::OkStatus();

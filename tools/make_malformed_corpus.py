@@ -73,6 +73,43 @@ def llama_tensors(cfg):
     return out
 
 
+# An MoE directory as //convert:convert writes it: 2 frozen + 2 learned experts of 8, top-2.
+MOE = {"num_frozen_experts": 2, "num_learned_experts": 2, "expert_intermediate_size": 8, "top_k": 2,
+       "score_function": "softmax", "normalize_gates": True, "gate_scale": 2.0, "bias_update_rate": 0.001}
+MOE_CONFIG = dict(CONFIG, model_type="llama_moe_cc", architectures=["LlamaMoeCcForCausalLM"], moe=MOE)
+MOE_RECIPE = ("num_frozen_experts: 2 num_learned_experts: 2 expert_intermediate_size: 8 top_k: 2 "
+              "score_function: SOFTMAX normalize_gates: true gate_scale: 2\n")
+
+
+def moe_tensors(cfg, moe=MOE, nan_in=None):
+    """The dense tensors with each layer's FFN replaced by expert stacks, a router and its bias."""
+    h, ie = cfg["hidden_size"], moe["expert_intermediate_size"]
+    nf, nl = moe["num_frozen_experts"], moe["num_learned_experts"]
+    out = []
+    for name, dt, shape, b in llama_tensors(cfg):
+        if ".mlp." not in name:
+            out.append((name, dt, shape, b))
+            continue
+        if not name.endswith("down_proj.weight"):
+            continue
+        p = name[:name.index("mlp.")]
+        for group, n in (("frozen_experts", nf), ("learned_experts", nl)):
+            for proj, shape in (("gate_proj", [n, ie, h]), ("up_proj", [n, ie, h]), ("down_proj", [n, h, ie])):
+                t = "%smlp.%s.%s.weight" % (p, group, proj)
+                out.append((t, "F32", shape, f32_bytes(n * shape[1] * shape[2], nan_at=3 if t == nan_in else None)))
+        out.append((p + "mlp.router.weight", "F32", [nf + nl, h], f32_bytes((nf + nl) * h)))
+        out.append((p + "mlp.router.expert_bias", "F32", [nf + nl], f32_bytes(nf + nl)))
+    return out
+
+
+def moe_dir(name, cfg=MOE_CONFIG, tensors=None, recipe=MOE_RECIPE):
+    d = model_dir(name, cfg=cfg, tensors=moe_tensors(cfg) if tensors is None else tensors)
+    if recipe is not None:
+        with open(os.path.join(d, "recipe.textproto"), "w") as f:
+            f.write(recipe)
+    return d
+
+
 def model_dir(name, cfg=CONFIG, tensors=None, shards=1, config_text=None):
     d = os.path.join(OUT, name)
     os.makedirs(d)
@@ -233,6 +270,38 @@ def main():
     case("nan_values", "model.safetensors", "tensor 'model.layers.0.mlp.up_proj.weight'", "NaN or Inf")
 
     model_dir("valid_control")  # must pass: proves the harness can tell good from bad
+
+    # --- MoE directories, checked against their own layout ---
+    up = "model.layers.0.mlp.learned_experts.up_proj.weight"
+    moe_dir("moe_missing_stack", tensors=[t for t in moe_tensors(MOE_CONFIG) if t[0] != up])
+    case("moe_missing_stack", "no tensor '%s'" % up)
+
+    fewer = [(n, dt, [1] + s[1:] if "learned_experts" in n else s, b[:len(b) // 2] if "learned_experts" in n else b)
+             for n, dt, s, b in moe_tensors(MOE_CONFIG)]
+    moe_dir("moe_wrong_expert_count", tensors=fewer)
+    case("moe_wrong_expert_count", "tensor 'model.layers.0.mlp.learned_experts.gate_proj.weight' has shape [1,8,8], expected [2,8,8]")
+
+    bias = "model.layers.0.mlp.router.expert_bias"
+    moe_dir("moe_bias_shape", tensors=[(n, dt, [3] if n == bias else s, f32_bytes(3) if n == bias else b)
+                                       for n, dt, s, b in moe_tensors(MOE_CONFIG)])
+    case("moe_bias_shape", "tensor '%s' has shape [3], expected [4]" % bias)
+
+    moe_dir("moe_config_tensor_mismatch", cfg=dict(MOE_CONFIG, moe=dict(MOE, expert_intermediate_size=4)),
+            tensors=moe_tensors(MOE_CONFIG))
+    case("moe_config_tensor_mismatch", "config.json", "expert_intermediate_size 4", "intermediate_size 16")
+
+    down = "model.layers.0.mlp.learned_experts.down_proj.weight"
+    moe_dir("moe_nan_learned", tensors=moe_tensors(MOE_CONFIG, nan_in=down))
+    case("moe_nan_learned", "tensor '%s'" % down, "NaN or Inf")
+
+    moe_dir("moe_recipe_mismatch", recipe=MOE_RECIPE.replace("top_k: 2", "top_k: 1"))
+    case("moe_recipe_mismatch", "recipe.textproto", "top_k 1", "config.json 2")
+
+    no_block = {k: v for k, v in MOE_CONFIG.items() if k != "moe"}
+    moe_dir("moe_no_block", cfg=no_block, tensors=moe_tensors(MOE_CONFIG))
+    case("moe_no_block", "config.json", "no 'moe' block")
+
+    moe_dir("valid_moe_control")  # must pass, like valid_control
     with open(os.path.join(OUT, "EXPECTED"), "w") as f:
         f.write("# case<TAB>substrings the error must contain (valid_control must succeed)\n")
         f.write("\n".join(expected) + "\n")

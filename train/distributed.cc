@@ -9,6 +9,7 @@
 #endif
 
 #include <cstdlib>
+#include <map>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -37,15 +38,32 @@ absl::Status ReadInt(const char* name, const char* fallback, int* out, bool* fou
 template <typename PG>
 class PgCommunicator : public Communicator {
  public:
+  // `native_reduce_scatter`: the backend implements reduce_scatter (NCCL; not Gloo).
   PgCommunicator(const DistEnv& env, const char* backend, c10::intrusive_ptr<c10d::Store> store,
-                 c10::intrusive_ptr<PG> pg)
-      : store_(std::move(store)), pg_(std::move(pg)) {
+                 c10::intrusive_ptr<PG> pg, bool native_reduce_scatter)
+      : store_(std::move(store)), pg_(std::move(pg)), native_reduce_scatter_(native_reduce_scatter) {
     env_ = env;
     backend_ = backend;
   }
 
   absl::Status AllReduceSum(std::vector<at::Tensor> tensors) override {
     return Run("all_reduce", [&] { pg_->allreduce(tensors)->wait(); });
+  }
+  absl::Status ReduceScatterSum(at::Tensor in, at::Tensor& out) override {
+    const int64_t n = out.numel();
+    if (native_reduce_scatter_) {
+      return Run("reduce_scatter", [&] {
+        std::vector<at::Tensor> outs{out};
+        std::vector<std::vector<at::Tensor>> ins(1);
+        for (int r = 0; r < env_.world_size; ++r) ins[0].push_back(in.narrow(0, r * n, n));
+        pg_->reduce_scatter(outs, ins)->wait();
+      });
+    }
+    return Run("all_reduce", [&] {
+      std::vector<at::Tensor> t{in};
+      pg_->allreduce(t)->wait();
+      out.copy_(in.narrow(0, env_.rank * n, n));
+    });
   }
   absl::Status AllGather(const at::Tensor& in, std::vector<at::Tensor>& out) override {
     return Run("all_gather", [&] {
@@ -68,6 +86,19 @@ class PgCommunicator : public Communicator {
   absl::Status Barrier() override {
     return Run("barrier", [&] { pg_->barrier()->wait(); });
   }
+  absl::Status SetSignal(const std::string& key, const std::string& value) override {
+    return Run("store set", [&] { store_->set(key, std::vector<uint8_t>(value.begin(), value.end())); });
+  }
+  absl::StatusOr<std::string> WaitForSignal(const std::string& key, std::chrono::milliseconds timeout) override {
+    std::string value;
+    absl::Status s = Run("store wait", [&] {
+      store_->wait({key}, timeout);
+      const std::vector<uint8_t> v = store_->get(key);
+      value.assign(v.begin(), v.end());
+    });
+    if (!s.ok()) return s;
+    return value;
+  }
 
  private:
   template <typename F>
@@ -85,18 +116,35 @@ class PgCommunicator : public Communicator {
 
   c10::intrusive_ptr<c10d::Store> store_;
   c10::intrusive_ptr<PG> pg_;
+  bool native_reduce_scatter_;
 };
 
 class SingleProcess : public Communicator {
  public:
   explicit SingleProcess(const DistEnv& env) { env_ = env; }
   absl::Status AllReduceSum(std::vector<at::Tensor>) override { return absl::OkStatus(); }
+  absl::Status ReduceScatterSum(at::Tensor in, at::Tensor& out) override {
+    out.copy_(in);
+    return absl::OkStatus();
+  }
   absl::Status AllGather(const at::Tensor& in, std::vector<at::Tensor>& out) override {
     out[0].copy_(in);
     return absl::OkStatus();
   }
   absl::Status Broadcast(at::Tensor, int) override { return absl::OkStatus(); }
   absl::Status Barrier() override { return absl::OkStatus(); }
+  absl::Status SetSignal(const std::string& key, const std::string& value) override {
+    signals_[key] = value;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::string> WaitForSignal(const std::string& key, std::chrono::milliseconds) override {
+    auto it = signals_.find(key);
+    if (it == signals_.end()) return absl::DeadlineExceededError(absl::StrCat("no signal '", key, "'"));
+    return it->second;
+  }
+
+ private:
+  std::map<std::string, std::string> signals_;
 };
 
 }  // namespace
@@ -140,7 +188,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Create(const DistEnv
       auto opts = c10d::ProcessGroupNCCL::Options::create();
       opts->timeout = timeout;
       auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world_size, opts);
-      return std::unique_ptr<Communicator>(new PgCommunicator<c10d::ProcessGroupNCCL>(env, "nccl", store, pg));
+      return std::unique_ptr<Communicator>(new PgCommunicator<c10d::ProcessGroupNCCL>(env, "nccl", store, pg, /*native_reduce_scatter=*/true));
 #else
       return absl::UnimplementedError("CUDA tensors need a LibTorch built with NCCL (set LIBTORCH to a CUDA LibTorch)");
 #endif
@@ -156,7 +204,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Create(const DistEnv
       opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     }
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, opts);
-    return std::unique_ptr<Communicator>(new PgCommunicator<c10d::ProcessGroupGloo>(env, "gloo", store, pg));
+    return std::unique_ptr<Communicator>(new PgCommunicator<c10d::ProcessGroupGloo>(env, "gloo", store, pg, /*native_reduce_scatter=*/false));
   } catch (const std::exception& e) {
     std::string what = e.what();
     what = what.substr(0, what.find('\n'));

@@ -54,10 +54,19 @@ class Communicator {
 
   // In-place sum across ranks of each tensor.
   virtual absl::Status AllReduceSum(std::vector<at::Tensor> tensors) = 0;
+  // `out` ([n]) receives the sum over ranks of chunk `rank` of `in` ([world_size * n]); `in` may
+  // be overwritten. Backends without a reduce-scatter (Gloo) all-reduce `in` and keep the chunk.
+  virtual absl::Status ReduceScatterSum(at::Tensor in, at::Tensor& out) = 0;
   // out[r] receives rank r's `in` (same shape on every rank).
   virtual absl::Status AllGather(const at::Tensor& in, std::vector<at::Tensor>& out) = 0;
   virtual absl::Status Broadcast(at::Tensor tensor, int root) = 0;
   virtual absl::Status Barrier() = 0;
+  // Out-of-band signals through the rendezvous store, for waits that must not count against the
+  // collective timeout (rank 0 writing a checkpoint while the others wait for it). Keys are
+  // shared by all ranks; a key is set once.
+  virtual absl::Status SetSignal(const std::string& key, const std::string& value) = 0;
+  // The value of `key` once some rank set it; an error after `timeout`.
+  virtual absl::StatusOr<std::string> WaitForSignal(const std::string& key, std::chrono::milliseconds timeout) = 0;
 
  protected:
   DistEnv env_;

@@ -3,11 +3,14 @@
 #include <ATen/ATen.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
@@ -31,11 +34,13 @@ absl::Status WriteLatest(const std::string& output_dir, const std::string& name)
   return absl::OkStatus();
 }
 
-// One value per rank, summed: how many ranks failed a step that each did on its own.
-absl::StatusOr<int> FailedRanks(Communicator& comm, const absl::Status& mine) {
-  at::Tensor t = at::full({1}, mine.ok() ? 0.0 : 1.0, at::TensorOptions().dtype(at::kDouble));
-  RETURN_IF_ERROR(comm.AllReduceSum({t}));
-  return static_cast<int>(t.item<double>());
+// A status as a signal value, and back: "ok", or the error's message.
+std::string SignalOf(const absl::Status& s) { return s.ok() ? "ok" : std::string(s.message()); }
+
+absl::Status StatusOfSignal(const absl::StatusOr<std::string>& v, const std::string& who) {
+  if (!v.ok()) return absl::DeadlineExceededError(absl::StrCat("waiting for ", who, ": ", v.status().message()));
+  if (*v == "ok") return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat(who, " failed: ", *v));
 }
 
 // Rank 0's part: the model directory, with every rank's optimizer shard moved in from `staging`.
@@ -109,6 +114,7 @@ absl::StatusOr<std::string> SaveCheckpoint(const CheckpointContext& ctx, int64_t
   const std::string name = StepDirName(step);
   const std::string final_dir = JoinPath(ctx.output_dir, name);
   const std::string staging = JoinPath(ctx.output_dir, ".staging-" + name);
+  const std::string key = absl::StrCat("checkpoint/", ctx.run_id, "/", name, "/");
   if (comm.rank() == 0) {
     RETURN_IF_ERROR(RemoveAll(staging));
     if (::mkdir(staging.c_str(), 0755) != 0) {
@@ -116,24 +122,54 @@ absl::StatusOr<std::string> SaveCheckpoint(const CheckpointContext& ctx, int64_t
     }
   }
   RETURN_IF_ERROR(comm.Barrier());
+  // Every rank writes its optimizer shard and says how it went.
   std::vector<std::pair<std::string, at::Tensor>> opt_state;
   for (auto& [k, v] : opt.State()) opt_state.emplace_back(k, v);
   const absl::Status mine =
       WriteSafetensorsFile(JoinPath(staging, OptimizerShardName(comm.rank(), comm.world_size())), opt_state);
-  ASSIGN_OR_RETURN(int failed_shards, FailedRanks(comm, mine));
-  if (!mine.ok()) return mine;
-  if (failed_shards > 0) return absl::UnavailableError("another rank failed to write its optimizer shard");
-
-  absl::Status status = absl::OkStatus();
-  if (comm.rank() == 0) {
-    status = WriteModelDirectory(ctx, final_dir, staging, model, comm.world_size(), state);
-    if (status.ok()) status = RemoveAll(staging);
-    if (status.ok()) status = WriteLatest(ctx.output_dir, name);
+  RETURN_IF_ERROR(comm.SetSignal(absl::StrCat(key, "shard-", comm.rank()), SignalOf(mine)));
+  if (comm.rank() != 0) {
+    if (!mine.ok()) return mine;
+    RETURN_IF_ERROR(StatusOfSignal(comm.WaitForSignal(key + "done", ctx.write_timeout), "rank 0 writing " + name));
+    return final_dir;
   }
-  ASSIGN_OR_RETURN(int failed, FailedRanks(comm, status));
-  if (!status.ok()) return status;
-  if (failed > 0) return absl::UnavailableError("rank 0 failed to write the checkpoint");
+  // Rank 0: every shard, then the model directory, `latest` and the pruning.
+  absl::Status status = mine;
+  for (int r = 1; r < comm.world_size() && status.ok(); ++r) {
+    status = StatusOfSignal(comm.WaitForSignal(absl::StrCat(key, "shard-", r), ctx.write_timeout),
+                            absl::StrCat("rank ", r, " writing its optimizer shard"));
+  }
+  if (status.ok()) status = WriteModelDirectory(ctx, final_dir, staging, model, comm.world_size(), state);
+  if (status.ok()) status = RemoveAll(staging);
+  if (status.ok()) status = WriteLatest(ctx.output_dir, name);
+  if (status.ok()) status = PruneCheckpoints(ctx.output_dir, ctx.keep);
+  RETURN_IF_ERROR(comm.SetSignal(key + "done", SignalOf(status)));
+  RETURN_IF_ERROR(status);
   return final_dir;
+}
+
+absl::Status PruneCheckpoints(const std::string& output_dir, int keep) {
+  if (keep <= 0) return absl::OkStatus();
+  std::string latest;
+  if (absl::StatusOr<std::string> l = ReadFileToString(JoinPath(output_dir, "latest")); l.ok()) {
+    latest = std::string(absl::StripAsciiWhitespace(*l));
+  }
+  std::vector<std::string> steps;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(output_dir, ec)) {
+    const std::string n = entry.path().filename().string();
+    int64_t step = 0;
+    if (entry.is_directory() && n.size() == 11 && n.rfind("step-", 0) == 0 && absl::SimpleAtoi(n.substr(5), &step)) {
+      steps.push_back(n);
+    }
+  }
+  if (ec) return absl::InternalError(absl::StrCat("cannot list '", output_dir, "': ", ec.message()));
+  std::sort(steps.begin(), steps.end());  // zero-padded: oldest first
+  for (size_t i = 0; i + keep < steps.size(); ++i) {
+    if (steps[i] == latest) continue;
+    RETURN_IF_ERROR(RemoveAll(JoinPath(output_dir, steps[i])), "removing an old checkpoint");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace llama_moe

@@ -8,6 +8,7 @@
 #ifndef LLAMA_MOE_TRAIN_TRAIN_CHECKPOINT_H_
 #define LLAMA_MOE_TRAIN_TRAIN_CHECKPOINT_H_
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -40,14 +41,23 @@ struct CheckpointContext {
   std::string source_dir;                      // model directory the run started from (side files)
   std::map<std::string, DType> storage_dtype;  // per tensor, as the source stores it
   std::string config_json;                     // the source's config.json
+  int keep = 0;                                // checkpoints kept, newest first; 0: all
+  std::chrono::seconds write_timeout{3600};    // how long ranks wait for a checkpoint to be written
+  std::string run_id;                          // the same on every rank, new for every run
 };
 // The context of a run that starts from the model directory `source_dir`.
 absl::StatusOr<CheckpointContext> MakeCheckpointContext(const std::string& output_dir, const std::string& source_dir);
 
 // Writes output_dir/step-N atomically: every rank contributes its optimizer shard, rank 0 the
-// model and `state`; then updates `latest`. Returns the checkpoint's directory.
+// model and `state`; then updates `latest` and removes checkpoints beyond ctx.keep. Ranks wait
+// for each other through store signals bounded by ctx.write_timeout, not through collectives
+// bounded by the run's collective timeout. Returns the checkpoint's directory.
 absl::StatusOr<std::string> SaveCheckpoint(const CheckpointContext& ctx, int64_t step, LlamaForCausalLM& model,
                                            const ShardedAdamW& opt, Communicator& comm, const nlohmann::json& state);
+
+// Removes the oldest step-NNNNNN directories of `output_dir` beyond the newest `keep` (0: none),
+// never the one `latest` names.
+absl::Status PruneCheckpoints(const std::string& output_dir, int keep);
 
 }  // namespace llama_moe
 

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <random>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -98,6 +99,7 @@ struct TrainingRun {
   int64_t step = 0;             // optimizer steps done
   int64_t stop_at = 0;          // this run stops after this step
   int64_t tokens_per_step = 0;  // global batch x sequence length
+  std::string run_id;           // shared by the ranks of this run
   double bias_rate = 0;         // balancing update rate
 
   bool lead() const { return comm->rank() == 0; }
@@ -110,6 +112,10 @@ absl::Status CheckConfig(const TrainConfig& cfg) {
   }
   if (cfg.steps() < 1 || cfg.seq_len() < 1 || cfg.micro_batch() < 1 || cfg.global_batch() < 1) {
     return absl::InvalidArgumentError("steps, seq_len, micro_batch and global_batch must be positive");
+  }
+  if (cfg.keep_checkpoints() < 0 || cfg.checkpoint_timeout_seconds() < 1 || cfg.timeout_seconds() < 1) {
+    return absl::InvalidArgumentError(
+        "keep_checkpoints must be >= 0, checkpoint_timeout_seconds and timeout_seconds positive");
   }
   if (cfg.activation_checkpointing() && (cfg.aux_loss_coef() > 0 || cfg.z_loss_coef() > 0)) {
     return absl::InvalidArgumentError("aux_loss_coef / z_loss_coef need activation_checkpointing off");
@@ -136,11 +142,7 @@ std::vector<double> SelectTrainable(TrainingRun& t) {
 
 // The device, the communicator, the output directory and, with --resume, where to continue.
 absl::Status SetUpRun(TrainingRun& t) {
-  try {
-    t.device = c10::Device(t.options.device);
-  } catch (const c10::Error&) {
-    return absl::InvalidArgumentError(absl::StrCat("device '", t.options.device, "' is not a device name"));
-  }
+  ASSIGN_OR_RETURN(t.device, ParseDevice(t.options.device));
   ASSIGN_OR_RETURN(t.comm,
                    Communicator::Create(t.options.env, t.device, std::chrono::seconds(t.cfg.timeout_seconds())));
   if (t.lead()) {
@@ -151,6 +153,11 @@ absl::Status SetUpRun(TrainingRun& t) {
   if (t.options.resume) {
     ASSIGN_OR_RETURN(t.resume, ReadResumePoint(t.cfg.output_dir(), t.comm->world_size()));
   }
+  // A run id every rank shares, so that this run's checkpoint signals are its own.
+  at::Tensor run_id = at::full({1}, static_cast<int64_t>(std::random_device()() >> 1),
+                               at::TensorOptions().dtype(at::kLong).device(t.device));
+  RETURN_IF_ERROR(t.comm->Broadcast(run_id, 0));
+  t.run_id = std::to_string(run_id.item<int64_t>());
   return absl::OkStatus();
 }
 
@@ -164,6 +171,14 @@ absl::StatusOr<std::vector<double>> SetUpModel(TrainingRun& t, const std::string
   mo.moe.z_loss_coef = t.cfg.z_loss_coef();
   ASSIGN_OR_RETURN(t.loaded, LoadModel(start_dir, mo));
   ASSIGN_OR_RETURN(t.checkpoints, MakeCheckpointContext(t.cfg.output_dir(), start_dir));
+  t.checkpoints.keep = t.cfg.keep_checkpoints();
+  t.checkpoints.write_timeout = std::chrono::seconds(t.cfg.checkpoint_timeout_seconds());
+  t.checkpoints.run_id = t.run_id;
+  if (t.cfg.seq_len() > t.loaded.config.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("seq_len ", t.cfg.seq_len(), " is longer than the context of '",
+                                                   start_dir, "' (max_position_embeddings ",
+                                                   t.loaded.config.max_position_embeddings, ")"));
+  }
   std::vector<double> lr_scales = SelectTrainable(t);
   if (t.trainable.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("nothing to train in '", start_dir,
@@ -269,7 +284,7 @@ absl::StatusOr<StepStats> ForwardBackward(TrainingRun& t) {
     } catch (const c10::Error& e) {
       return absl::InternalError(absl::StrCat("step ", t.step + 1, ": ", e.what_without_backtrace()));
     }
-    t.opt->AccumulateGradients();
+    RETURN_IF_ERROR(t.opt->AccumulateGradients(), absl::StrCat("step ", t.step + 1));
   }
   for (MoeFeedForward* l : t.loaded.moe_layers) {
     const RoutingStats r = l->TakeRoutingStats();
@@ -340,7 +355,7 @@ absl::StatusOr<double> TrainStep(TrainingRun& t) {
                                             "; stopping without writing a checkpoint (the last good one is ",
                                             PathExists(latest) ? "named in " + latest : "none", ")"));
   }
-  ASSIGN_OR_RETURN(double grad_norm, t.opt->ReduceGradients());
+  ASSIGN_OR_RETURN(double grad_norm, t.opt->GradientNorm());
   RETURN_IF_ERROR(t.opt->Step(lr, t.cfg.grad_clip(), grad_norm));
   json layers = json::array();
   for (size_t l = 0; l < stats.layers.size(); ++l) {

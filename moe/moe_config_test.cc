@@ -1,0 +1,86 @@
+#include "moe/moe_config.h"
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace llama_moe {
+namespace {
+
+LlamaConfig Dense() {
+  LlamaConfig cfg;
+  cfg.intermediate_size = 128;
+  return cfg;
+}
+
+MoeConfig Moe() {
+  MoeConfig m;
+  m.num_frozen_experts = 4;
+  m.num_learned_experts = 2;
+  m.expert_intermediate_size = 32;
+  m.top_k = 3;
+  m.score_function = ScoreFunction::kSigmoid;
+  m.normalize_gates = false;
+  m.gate_scale = 2.0;
+  m.bias_update_rate = 0.01;
+  return m;
+}
+
+TEST(MoeConfigTest, RoundTripsThroughConfigJsonWithItsOwnLabels) {
+  LlamaConfig cfg = Dense();
+  SetMoeConfig(Moe(), &cfg);
+  // Parsed back from the JSON text the converter writes.
+  absl::StatusOr<LlamaConfig> reread = ParseLlamaConfig(LlamaConfigToJson(cfg), "config.json");
+  ASSERT_TRUE(reread.ok()) << reread.status();
+  EXPECT_EQ(reread->model_type, kMoeModelType);
+  const nlohmann::json j = nlohmann::json::parse(LlamaConfigToJson(cfg));
+  EXPECT_EQ(j["architectures"], nlohmann::json::array({kMoeArchitecture}));
+  absl::StatusOr<std::optional<MoeConfig>> m = MoeConfigFromLlama(*reread);
+  ASSERT_TRUE(m.ok() && m->has_value()) << m.status();
+  const MoeConfig& got = **m;
+  EXPECT_EQ(got.num_frozen_experts, 4);
+  EXPECT_EQ(got.num_learned_experts, 2);
+  EXPECT_EQ(got.expert_intermediate_size, 32);
+  EXPECT_EQ(got.top_k, 3);
+  EXPECT_EQ(got.score_function, ScoreFunction::kSigmoid);
+  EXPECT_FALSE(got.normalize_gates);
+  EXPECT_EQ(got.gate_scale, 2.0);
+  EXPECT_EQ(got.bias_update_rate, 0.01);
+}
+
+TEST(MoeConfigTest, DenseAndOlderDirectoriesStillRead) {
+  // A dense config has no block.
+  absl::StatusOr<std::optional<MoeConfig>> dense = MoeConfigFromLlama(Dense());
+  ASSERT_TRUE(dense.ok());
+  EXPECT_FALSE(dense->has_value());
+  // A directory converted before the labels existed: model_type "llama" with a "moe" block.
+  LlamaConfig old = Dense();
+  SetMoeConfig(Moe(), &old);
+  old.model_type = "llama";
+  absl::StatusOr<std::optional<MoeConfig>> m = MoeConfigFromLlama(old);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_TRUE(m->has_value());
+}
+
+TEST(MoeConfigTest, BadBlocksAreNamed) {
+  LlamaConfig no_block = Dense();
+  no_block.model_type = kMoeModelType;
+  EXPECT_NE(std::string(MoeConfigFromLlama(no_block).status().message()).find("no 'moe' block"), std::string::npos);
+
+  LlamaConfig bad_fn = Dense();
+  SetMoeConfig(Moe(), &bad_fn);
+  nlohmann::json extra = nlohmann::json::parse(bad_fn.extra_json);
+  extra["moe"]["score_function"] = "relu";
+  bad_fn.extra_json = extra.dump();
+  EXPECT_NE(std::string(MoeConfigFromLlama(bad_fn).status().message()).find("'relu' is not softmax or sigmoid"),
+            std::string::npos);
+
+  MoeConfig uncovered = Moe();
+  uncovered.expert_intermediate_size = 16;  // 4 x 16 != 128
+  EXPECT_FALSE(ValidateMoeConfig(uncovered, Dense()).ok());
+  MoeConfig too_many = Moe();
+  too_many.top_k = 7;  // of 6 experts
+  EXPECT_FALSE(ValidateMoeConfig(too_many, Dense()).ok());
+}
+
+}  // namespace
+}  // namespace llama_moe
