@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "model/checkpoint.h"
 #include "model/file_util.h"
 #include "model/status_macros.h"
 #include "model/tokenizer.h"
@@ -82,12 +83,27 @@ absl::Status CheckContext(const LoadedModel& m, const std::string& dir, int64_t 
 }  // namespace
 
 absl::StatusOr<json> Evaluate(const EvalOptions& o) {
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(o.model_dir));
+  ASSIGN_OR_RETURN(LlamaConfig cfg, ckpt->LoadConfig());
+  if (!o.data_dir.empty()) {
+    ASSIGN_OR_RETURN(ShardSetManifest manifest, ReadShardSetManifest(o.data_dir));
+    if (manifest.vocab_size > cfg.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("data '", o.data_dir, "' was tokenized with a vocabulary of ",
+                                                     manifest.vocab_size, ", larger than the model's ", cfg.vocab_size,
+                                                     " ('", o.model_dir, "')"));
+    }
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<const TokenStream> data, OpenData(o, o.model_dir, cfg));
+  return Evaluate(o, std::move(data));
+}
+
+absl::StatusOr<json> Evaluate(const EvalOptions& o, std::shared_ptr<const TokenStream> data) {
   ModelLoadOptions lo;
   lo.dtype = o.dtype;
   lo.device = o.device;
+  lo.map_weights = true;
   ASSIGN_OR_RETURN(LoadedModel model, LoadModel(o.model_dir, lo));
   RETURN_IF_ERROR(CheckContext(model, o.model_dir, o.seq_len));
-  ASSIGN_OR_RETURN(std::shared_ptr<const TokenStream> data, OpenData(o, o.model_dir, model.config));
   std::optional<LoadedModel> reference;
   if (!o.reference_dir.empty()) {
     ASSIGN_OR_RETURN(reference, LoadModel(o.reference_dir, lo));

@@ -18,12 +18,14 @@
 #ifndef LLAMA_MOE_EVAL_EVALUATE_LIB_H_
 #define LLAMA_MOE_EVAL_EVALUATE_LIB_H_
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "moe/moe_layer.h"
+#include "train/data_loader.h"
 #include "nlohmann/json.hpp"
 
 namespace llama_moe {
@@ -45,6 +47,8 @@ struct EvalOptions {
 // {"model": ..., "reference": {...}, "tokens": N, "results": [{"mode", "loss", "perplexity",
 //   "kl_to_reference", "top1_agreement", "layers": [{"load": [...], "max_over_mean", "entropy"}]}]}
 absl::StatusOr<nlohmann::json> Evaluate(const EvalOptions& options);
+// The same on a given token stream (options.data_dir and text_file are not read).
+absl::StatusOr<nlohmann::json> Evaluate(const EvalOptions& options, std::shared_ptr<const TokenStream> data);
 
 }  // namespace llama_moe
 

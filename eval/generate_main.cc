@@ -107,6 +107,7 @@ absl::Status Run(const Options& o) {
   ModelLoadOptions mo;
   mo.dtype = load.dtype;
   mo.device = load.device;
+  mo.map_weights = true;  // inference: parameters stored in the compute dtype are mapped, not copied
   ASSIGN_OR_RETURN(mo.moe.mode, ParseRoutingMode(o.routing), "--routing");
   std::shared_ptr<LlamaForCausalLM> model;
   std::shared_ptr<ExpertProvider> experts;  // set with --offload

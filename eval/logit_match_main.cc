@@ -50,25 +50,32 @@ absl::Status Run() {
   ModelLoadOptions o;
   ASSIGN_OR_RETURN(o.dtype, ParseFloatDTypeFlag(absl::GetFlag(FLAGS_dtype)), "--dtype");
   ASSIGN_OR_RETURN(o.device, ParseDevice(absl::GetFlag(FLAGS_device)));
-  ASSIGN_OR_RETURN(LoadedModel dense, LoadModel(ResolveUserPath(absl::GetFlag(FLAGS_dense)), o));
+  o.map_weights = true;
+  const at::Tensor tokens = at::tensor(ids, at::TensorOptions().dtype(at::kLong));
+  GenerateOptions g;
+  g.max_new_tokens = absl::GetFlag(FLAGS_greedy_tokens);
+  g.eos_token_ids = {};  // compare the full length
+  // One model at a time, so that the pair never has to fit in memory together.
+  at::Tensor a;
+  GenerateResult gd;
+  int64_t dense_vocab = 0;
+  {
+    ASSIGN_OR_RETURN(LoadedModel dense, LoadModel(ResolveUserPath(absl::GetFlag(FLAGS_dense)), o));
+    ASSIGN_OR_RETURN(a, dense.model->Forward(tokens));
+    ASSIGN_OR_RETURN(gd, Generate(*dense.model, {ids}, g));
+    dense_vocab = dense.config.vocab_size;
+  }
   ASSIGN_OR_RETURN(o.moe.mode, ParseRoutingMode(absl::GetFlag(FLAGS_routing)), "--routing");
   ASSIGN_OR_RETURN(LoadedModel moe, LoadModel(ResolveUserPath(absl::GetFlag(FLAGS_moe)), o));
   if (!moe.moe) return absl::InvalidArgumentError("--moe is not an MoE model (no 'moe' block in config.json)");
-  if (moe.config.vocab_size != dense.config.vocab_size) {
+  if (moe.config.vocab_size != dense_vocab) {
     return absl::InvalidArgumentError(absl::StrCat("--moe has vocabulary ", moe.config.vocab_size, ", --dense ",
-                                                   dense.config.vocab_size, ": they are not the same model"));
+                                                   dense_vocab, ": they are not the same model"));
   }
-  const at::Tensor tokens = at::tensor(ids, at::TensorOptions().dtype(at::kLong));
-  ASSIGN_OR_RETURN(at::Tensor a, dense.model->Forward(tokens));
   ASSIGN_OR_RETURN(at::Tensor b, moe.model->Forward(tokens));
   const double max_diff = (a - b).abs().max().item<double>();
   const double rel = max_diff / a.abs().max().item<double>();
   const double argmax_agree = (a.argmax(-1) == b.argmax(-1)).to(at::kFloat).mean().item<double>();
-
-  GenerateOptions g;
-  g.max_new_tokens = absl::GetFlag(FLAGS_greedy_tokens);
-  g.eos_token_ids = {};  // compare the full length
-  ASSIGN_OR_RETURN(GenerateResult gd, Generate(*dense.model, {ids}, g));
   ASSIGN_OR_RETURN(GenerateResult gm, Generate(*moe.model, {ids}, g));
   const bool greedy_equal = gd.tokens[0] == gm.tokens[0];
   std::cout << absl::StrFormat(

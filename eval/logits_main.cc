@@ -52,14 +52,11 @@ absl::Status Run() {
   if (!absl::GetFlag(FLAGS_dtype).empty()) {
     ASSIGN_OR_RETURN(load.dtype, ParseFloatDTypeFlag(absl::GetFlag(FLAGS_dtype)), "--dtype");
   }
-  try {
-    load.device = c10::Device(absl::GetFlag(FLAGS_device));
-  } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(absl::StrCat("--device '", absl::GetFlag(FLAGS_device), "' is not a device name"));
-  }
+  ASSIGN_OR_RETURN(load.device, ParseDevice(absl::GetFlag(FLAGS_device)));
   ModelLoadOptions mo;
   mo.dtype = load.dtype;
   mo.device = load.device;
+  mo.map_weights = true;  // inference: parameters stored in the compute dtype are mapped, not copied
   ASSIGN_OR_RETURN(mo.moe.mode, ParseRoutingMode(absl::GetFlag(FLAGS_routing)), "--routing");
   ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(ResolveUserPath(absl::GetFlag(FLAGS_model)), mo));
   std::shared_ptr<LlamaForCausalLM> model = loaded.model;

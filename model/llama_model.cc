@@ -315,7 +315,7 @@ absl::StatusOr<c10::ScalarType> ResolveComputeDType(const LlamaConfig& cfg, std:
 }
 
 absl::Status LoadParameters(torch::nn::Module& module, const Checkpoint& ckpt,
-                            const std::vector<std::string>& ignored, bool release_pages) {
+                            const std::vector<std::string>& ignored, bool release_pages, bool map_weights) {
   try {
     c10::AutoGradMode no_grad(false);
     std::set<std::string> taken(ignored.begin(), ignored.end());
@@ -341,8 +341,12 @@ absl::Status LoadParameters(torch::nn::Module& module, const Checkpoint& ckpt,
         return absl::InvalidArgumentError(absl::StrCat("checkpoint '", ckpt.dir(), "': tensor '", name,
                                                        "' is not floating point"));
       }
-      param.copy_(src);  // converts dtype and device; peak memory: the model plus one tensor
-      if (release_pages) ckpt.Release(name);
+      if (map_weights && param.is_cpu() && src.scalar_type() == param.scalar_type()) {
+        param.set_data(src);  // a view of the copy-on-write mapping
+      } else {
+        param.copy_(src);  // converts dtype and device; peak memory: the model plus one tensor
+        if (release_pages) ckpt.Release(name);
+      }
       taken.insert(name);
     }
     for (const std::string& name : ckpt.TensorNames()) {
@@ -382,7 +386,7 @@ absl::StatusOr<std::shared_ptr<LlamaForCausalLM>> LoadLlamaForCausalLM(
   }
   if (cfg.tie_word_embeddings) ignored.push_back("lm_head.weight");
   ignored.insert(ignored.end(), options.served_elsewhere.begin(), options.served_elsewhere.end());
-  RETURN_IF_ERROR(LoadParameters(*model, ckpt, ignored, options.release_pages));
+  RETURN_IF_ERROR(LoadParameters(*model, ckpt, ignored, options.release_pages, options.map_weights));
   return model;
 }
 

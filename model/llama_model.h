@@ -150,6 +150,11 @@ struct LlamaLoadOptions {
   // Drop each tensor's file pages once it is copied, so that the mapping does not stay resident
   // next to the copy (for loads that keep the checkpoint open afterwards).
   bool release_pages = false;
+  // Inference on the CPU: a parameter stored in the compute dtype becomes a view of the file's
+  // copy-on-write mapping instead of a copy. Nothing is read until used, and pages stay
+  // evictable page cache, so a model larger than RAM runs (at disk speed), and one that fits
+  // loads at once.
+  bool map_weights = false;
 };
 
 // The embedding and decoder stack, registered as "model" in LlamaForCausalLM.
@@ -208,9 +213,12 @@ absl::StatusOr<c10::ScalarType> ResolveComputeDType(const LlamaConfig& cfg, std:
 // Copies every parameter and buffer of `module` (named as checkpoint keys) from `ckpt`,
 // converting dtype and device. Missing tensors and shape mismatches are errors naming the tensor
 // and both shapes; checkpoint tensors that no parameter takes are errors too, except `ignored`
-// names. With `release_pages`, each tensor's file pages are dropped after its copy.
+// names. With `release_pages`, each tensor's file pages are dropped after its copy; with
+// `map_weights`, CPU tensors stored in their parameter's dtype are mapped, not copied (see
+// LlamaLoadOptions).
 absl::Status LoadParameters(torch::nn::Module& module, const Checkpoint& ckpt,
-                            const std::vector<std::string>& ignored = {}, bool release_pages = false);
+                            const std::vector<std::string>& ignored = {}, bool release_pages = false,
+                            bool map_weights = false);
 
 absl::StatusOr<std::shared_ptr<LlamaForCausalLM>> LoadLlamaForCausalLM(
     const Checkpoint& ckpt, const LlamaConfig& cfg, const LlamaLoadOptions& options);

@@ -25,6 +25,7 @@ struct ModelLoadOptions {
   std::optional<DType> dtype;               // compute dtype; unset: the checkpoint's
   c10::Device device = c10::Device(c10::kCPU);
   MoeLayerOptions moe;                      // routing mode and aux losses (MoE models only)
+  bool map_weights = false;                 // inference: map, not copy (LlamaLoadOptions)
 };
 
 struct LoadedModel {

@@ -1,6 +1,10 @@
 // make_tiny_llama: writes a random Llama-3-architecture checkpoint in Hugging Face layout.
 //
 //   bazel run //tools:make_tiny_llama -- --output /tmp/tiny --dtype bf16 --shards 3
+//   bazel run //tools:make_tiny_llama -- --output /tmp/llama8b --preset llama3.1-8b --dtype bf16 --shards 4
+//
+// Tensors are drawn and written one at a time (peak memory: the largest tensor in float32 and in
+// the storage dtype, about 3 GB for 8B's embedding), so any size can be written.
 #include <iostream>
 #include <string>
 #include <vector>
@@ -19,7 +23,10 @@ ABSL_FLAG(std::string, output, "", "output model directory (must not exist unles
 ABSL_FLAG(int64_t, vocab, 512, "vocabulary size");
 ABSL_FLAG(int64_t, hidden, 64, "hidden size H");
 ABSL_FLAG(int64_t, intermediate, 128, "FFN intermediate size I");
-ABSL_FLAG(int64_t, layers, 2, "number of layers");
+ABSL_FLAG(std::string, preset, "",
+          "start from a real model's exact config instead of the shape flags: llama3.1-8b (--layers may "
+          "cut it; --dtype, --shards, --seed, --tie and the token ids still apply)");
+ABSL_FLAG(int64_t, layers, 0, "number of layers (0: 2, or the preset's)");
 ABSL_FLAG(int64_t, heads, 4, "attention heads");
 ABSL_FLAG(int64_t, kv_heads, 2, "key/value heads (= heads: MHA, 1: MQA)");
 ABSL_FLAG(int64_t, head_dim, 0, "head dimension (0: hidden / heads)");
@@ -45,16 +52,25 @@ absl::Status Run() {
   if (absl::GetFlag(FLAGS_output).empty()) return MissingFlag("output");
   TinyLlamaOptions o;
   LlamaConfig& c = o.config;
-  c.vocab_size = absl::GetFlag(FLAGS_vocab);
-  c.hidden_size = absl::GetFlag(FLAGS_hidden);
-  c.intermediate_size = absl::GetFlag(FLAGS_intermediate);
-  c.num_hidden_layers = absl::GetFlag(FLAGS_layers);
-  c.num_attention_heads = absl::GetFlag(FLAGS_heads);
-  c.num_key_value_heads = absl::GetFlag(FLAGS_kv_heads);
-  c.head_dim = absl::GetFlag(FLAGS_head_dim);
-  if (c.head_dim == 0 && c.num_attention_heads > 0) c.head_dim = c.hidden_size / c.num_attention_heads;
-  c.max_position_embeddings = absl::GetFlag(FLAGS_max_position);
-  if (!absl::GetFlag(FLAGS_rope_scaling)) c.rope_scaling.reset();
+  const std::string preset = absl::GetFlag(FLAGS_preset);
+  if (preset == "llama3.1-8b") {
+    c = LlamaConfig();  // its defaults are Llama 3.1 8B's
+    c.rope_scaling = RopeScaling();
+    if (absl::GetFlag(FLAGS_layers) > 0) c.num_hidden_layers = absl::GetFlag(FLAGS_layers);
+  } else if (!preset.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--preset '", preset, "' is not known (llama3.1-8b)"));
+  } else {
+    c.vocab_size = absl::GetFlag(FLAGS_vocab);
+    c.hidden_size = absl::GetFlag(FLAGS_hidden);
+    c.intermediate_size = absl::GetFlag(FLAGS_intermediate);
+    c.num_hidden_layers = absl::GetFlag(FLAGS_layers) > 0 ? absl::GetFlag(FLAGS_layers) : 2;
+    c.num_attention_heads = absl::GetFlag(FLAGS_heads);
+    c.num_key_value_heads = absl::GetFlag(FLAGS_kv_heads);
+    c.head_dim = absl::GetFlag(FLAGS_head_dim);
+    if (c.head_dim == 0 && c.num_attention_heads > 0) c.head_dim = c.hidden_size / c.num_attention_heads;
+    c.max_position_embeddings = absl::GetFlag(FLAGS_max_position);
+    if (!absl::GetFlag(FLAGS_rope_scaling)) c.rope_scaling.reset();
+  }
   c.tie_word_embeddings = absl::GetFlag(FLAGS_tie);
   // The real Llama 3 special ids when the vocabulary is Llama 3's; the top two ids otherwise.
   if (c.vocab_size >= 128256) {
