@@ -59,6 +59,19 @@ TEST(EvaluateTest, PerplexityEqualsTheDirectComputation) {
   EXPECT_EQ(dense["top1_agreement"].get<double>(), 1.0);
 }
 
+TEST(EvaluateTest, WindowsLongerThanTheContextAreRefused) {
+  const std::string dir = TestPath("short_context");
+  TinyLlamaOptions t;
+  t.config.max_position_embeddings = 32;
+  ASSERT_TRUE(WriteTinyLlama(dir, t).ok());
+  EvalOptions o;
+  o.model_dir = dir;
+  o.seq_len = 33;
+  const absl::Status s = Evaluate(o, RandomStream(100, 512, 3)).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("max_position_embeddings 32"), std::string::npos) << s;
+}
+
 TEST(EvaluateTest, MemoryDoesNotGrowWithTheNumberOfWindows) {
   // V 32000, 128 positions: one window's float32 log-probabilities are 16 MB, so 64 windows of
   // them kept would be 1 GB.

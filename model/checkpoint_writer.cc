@@ -266,7 +266,6 @@ absl::Status WriteSafetensorsFile(const std::string& path,
                                   const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                                   const std::map<std::string, std::string>& metadata) {
   std::vector<TensorEntry> entries;
-  std::vector<at::Tensor> data;
   // Wider dtypes first, as in CheckpointWriter, so that every tensor is aligned for its type.
   std::vector<size_t> order(tensors.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -277,23 +276,35 @@ absl::Status WriteSafetensorsFile(const std::string& path,
     const auto& [name, t] = tensors[i];
     ASSIGN_OR_RETURN(DType dtype, FromScalarType(t.scalar_type()), absl::StrCat("tensor '", name, "'"));
     entries.push_back(TensorEntry{name, dtype, t.sizes().vec()});
-    data.push_back(t.to(at::kCPU).contiguous());
   }
   std::map<std::string, std::string> meta = metadata;
   meta["format"] = "pt";
   std::vector<TensorEntry> laid_out = entries;
-  std::string bytes = BuildSafetensorsHeader(&laid_out, meta);
-  for (size_t i = 0; i < data.size(); ++i) {
-    bytes.append(static_cast<const char*>(data[i].data_ptr()), laid_out[i].nbytes());
-  }
+  const std::string header = BuildSafetensorsHeader(&laid_out, meta);
+  // Streamed tensor by tensor: no in-memory copy of the whole file (an optimizer shard is 12
+  // bytes per trainable element of the rank's slice).
   const std::string tmp = TempSibling(path, "tmp");
-  RETURN_IF_ERROR(WriteStringToFile(tmp, bytes));
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    RemoveAll(tmp).IgnoreError();
-    return absl::InternalError(absl::StrCat("cannot rename '", tmp, "' to '", path, "': ", std::strerror(err)));
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::PermissionDeniedError(absl::StrCat("cannot create '", tmp, "': ", std::strerror(errno)));
+  absl::Status status = PWriteAll(fd, reinterpret_cast<const uint8_t*>(header.data()), header.size(), 0, tmp);
+  for (size_t k = 0; k < order.size() && status.ok(); ++k) {
+    try {
+      const at::Tensor c = tensors[order[k]].second.to(at::kCPU).contiguous();
+      status = PWriteAll(fd, static_cast<const uint8_t*>(c.data_ptr()), laid_out[k].nbytes(),
+                         header.size() + laid_out[k].begin, tmp);
+    } catch (const c10::Error& e) {
+      status = absl::InternalError(absl::StrCat("tensor '", laid_out[k].name, "': ", e.what_without_backtrace()));
+    }
   }
-  return absl::OkStatus();
+  if (status.ok() && ::fsync(fd) != 0) {
+    status = absl::DataLossError(absl::StrCat("cannot sync '", tmp, "': ", std::strerror(errno)));
+  }
+  ::close(fd);
+  if (status.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) {
+    status = absl::InternalError(absl::StrCat("cannot rename '", tmp, "' to '", path, "': ", std::strerror(errno)));
+  }
+  if (!status.ok()) RemoveAll(tmp).IgnoreError();
+  return status;
 }
 
 absl::StatusOr<std::map<std::string, at::Tensor>> ReadSafetensorsFile(const std::string& path) {

@@ -26,6 +26,7 @@ struct ModelLoadOptions {
   c10::Device device = c10::Device(c10::kCPU);
   MoeLayerOptions moe;                      // routing mode and aux losses (MoE models only)
   bool map_weights = false;                 // inference: map, not copy (LlamaLoadOptions)
+  bool release_pages = false;               // drop file pages once copied (LlamaLoadOptions)
 };
 
 struct LoadedModel {

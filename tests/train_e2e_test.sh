@@ -48,6 +48,24 @@ grep -q "train: error: step 2: training loss is nan" "$work/E.err" || { echo "FA
 [ "$(cat "$work/E/latest")" = "step-000001" ] || { echo "FAIL: latest is not the last good checkpoint"; exit 1; }
 echo "diverging run: $(tail -n 1 "$work/E.err")"
 
+# F: --plan prints the plan and exits; a run whose plan exceeds the memory there is stops before
+# allocating, naming the knobs.
+"$train" --set "$common output_dir: \"$work/F\" micro_batch: 4" --plan >"$work/F.out" 2>"$work/F.err"
+tail -n 1 "$work/F.out" | grep -Eq "^plan: peak per rank [0-9]+ bytes" || { echo "FAIL: --plan:"; cat "$work/F.out" "$work/F.err"; exit 1; }
+if "$train" --set "model_dir: \"$work/moe\" data_dir: \"$work/data\" output_dir: \"$work/G\" seq_len: 1000
+    global_batch: 100000 micro_batch: 100000 dtype: \"float32\"" \
+    >"$work/G.out" 2>"$work/G.err"; then
+  echo "FAIL: a run far beyond the machine's memory started"; exit 1
+fi
+grep -q "the memory plan needs" "$work/G.err" && grep -q "micro_batch" "$work/G.err" || {
+  echo "FAIL: no clear refusal:"; cat "$work/G.err"; exit 1; }
+echo "plan: $(tail -n 1 "$work/F.out"); refused: $(head -c 200 "$work/G.err")"
+if "$train" --set "model_dir: \"$work/moe\" data_dir: \"$work/data\" output_dir: \"$work/H\" seq_len: 2000
+    global_batch: 8 micro_batch: 4 dtype: \"float32\"" >"$work/H.out" 2>"$work/H.err"; then
+  echo "FAIL: seq_len beyond the context was accepted"; exit 1
+fi
+grep -q "longer than the context" "$work/H.err" || { echo "FAIL: unclear seq_len error:"; cat "$work/H.err"; exit 1; }
+
 python3 - "$work" <<'PY'
 import json, struct, sys
 work = sys.argv[1]

@@ -155,6 +155,12 @@ absl::StatusOr<DistEnv> DistEnvFromEnvironment() {
   if (absl::Status s = ReadInt("RANK", "SLURM_PROCID", &env.rank, &has_rank); !s.ok()) return s;
   if (absl::Status s = ReadInt("WORLD_SIZE", "SLURM_NTASKS", &env.world_size, &has_world); !s.ok()) return s;
   if (absl::Status s = ReadInt("LOCAL_RANK", "SLURM_LOCALID", &env.local_rank, &unused); !s.ok()) return s;
+  if (absl::Status s = ReadInt("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", &env.local_world_size, &unused); !s.ok()) {
+    return s;
+  }
+  if (env.local_world_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("LOCAL_WORLD_SIZE ", env.local_world_size, " is not positive"));
+  }
   if (absl::Status s = ReadInt("MASTER_PORT", nullptr, &env.master_port, &unused); !s.ok()) return s;
   if (const char* a = Env("MASTER_ADDR")) env.master_addr = a;
   if (const char* a = Env("TORCHELASTIC_USE_AGENT_STORE")) env.agent_store = std::string(a) == "True" || std::string(a) == "1";

@@ -1,6 +1,6 @@
 // Data-parallel communication on c10d process groups, initialised the way PyTorch jobs are
 // launched: `torchrun --no_python --nproc_per_node=N ./train ...` (or SLURM) sets RANK,
-// WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT.
+// WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT.
 //
 // Gloo serves CPU tensors; NCCL serves CUDA tensors when the project is built against a CUDA
 // LibTorch. Every collective has a timeout, so a rank that dies or hangs makes the others fail
@@ -31,6 +31,7 @@ struct DistEnv {
   int rank = 0;                          // global rank, e.g. 0
   int world_size = 1;                    // e.g. 2
   int local_rank = 0;                    // rank on this machine (selects the GPU)
+  int local_world_size = 1;              // ranks on this machine, e.g. 8 (they share its memory)
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   // torchrun hosts the TCPStore itself (TORCHELASTIC_USE_AGENT_STORE=True): every worker is a

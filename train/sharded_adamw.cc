@@ -97,16 +97,22 @@ absl::Status ShardedAdamW::Step(double lr, double max_norm, double grad_norm) {
   c10::NoGradGuard no_grad;
   ++step_;
   const double clip = (max_norm > 0 && grad_norm > max_norm) ? max_norm / (grad_norm + 1e-6) : 1.0;
-  const at::Tensor g = grad_ * clip;
   const double b1 = options_.beta1, b2 = options_.beta2;
-  m_.mul_(b1).add_(g, 1 - b1);
-  v_.mul_(b2).addcmul_(g, g, 1 - b2);
   const double bc1 = 1 - std::pow(b1, static_cast<double>(step_));
   const double bc2 = 1 - std::pow(b2, static_cast<double>(step_));
-  // Decoupled decay (AdamW): shrink the weights, then the Adam update.
-  const at::Tensor lr_t = lr_scale_ * lr;
-  master_.mul_(1 - lr_t * options_.weight_decay * decay_mask_);
-  master_.sub_(lr_t / bc1 * m_ / (v_ / bc2).sqrt_().add_(options_.eps));
+  // In chunks, so that the update's temporaries are a few chunks, not a few slices (at 8B with
+  // one rank a float32 slice is 22 GB).
+  for (int64_t begin = 0; begin < shard_; begin += kStepChunk) {
+    const int64_t n = std::min(kStepChunk, shard_ - begin);
+    const at::Tensor g = grad_.narrow(0, begin, n).mul_(clip);
+    at::Tensor m = m_.narrow(0, begin, n), v = v_.narrow(0, begin, n), w = master_.narrow(0, begin, n);
+    m.mul_(b1).add_(g, 1 - b1);
+    v.mul_(b2).addcmul_(g, g, 1 - b2);
+    // Decoupled decay (AdamW): shrink the weights, then the Adam update.
+    const at::Tensor lr_t = lr_scale_.narrow(0, begin, n) * lr;
+    w.mul_(1 - lr_t * options_.weight_decay * decay_mask_.narrow(0, begin, n));
+    w.sub_(lr_t / bc1 * m / (v / bc2).sqrt_().add_(options_.eps));
+  }
   grad_.zero_();
   return GatherMasterIntoParams();
 }

@@ -85,6 +85,9 @@ class ShardedAdamW {
   absl::Status LoadState(const std::map<std::string, at::Tensor>& state);
 
  private:
+  // Elements of the slice one step of the update handles at a time.
+  static constexpr int64_t kStepChunk = int64_t{1} << 22;
+
   // Calls fn(parameter index, offset in the parameter, offset in [lo, hi), count) for every
   // parameter piece inside the flat range [lo, hi).
   template <typename F>

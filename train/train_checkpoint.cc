@@ -18,6 +18,7 @@
 #include "model/checkpoint_writer.h"
 #include "model/file_util.h"
 #include "model/model_format.h"
+#include "model/safetensors.h"
 #include "model/status_macros.h"
 
 namespace llama_moe {
@@ -146,6 +147,13 @@ absl::StatusOr<std::string> SaveCheckpoint(const CheckpointContext& ctx, int64_t
   RETURN_IF_ERROR(comm.SetSignal(key + "done", SignalOf(status)));
   RETURN_IF_ERROR(status);
   return final_dir;
+}
+
+absl::StatusOr<std::map<std::string, at::Tensor>> MapOptimizerShard(const std::string& path) {
+  ASSIGN_OR_RETURN(std::shared_ptr<SafetensorsFile> f, SafetensorsFile::Open(path));
+  std::map<std::string, at::Tensor> out;
+  for (const TensorEntry& e : f->header().tensors) out[e.name] = f->Get(e);
+  return out;
 }
 
 absl::Status PruneCheckpoints(const std::string& output_dir, int keep) {

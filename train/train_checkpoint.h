@@ -55,6 +55,10 @@ absl::StatusOr<CheckpointContext> MakeCheckpointContext(const std::string& outpu
 absl::StatusOr<std::string> SaveCheckpoint(const CheckpointContext& ctx, int64_t step, LlamaForCausalLM& model,
                                            const ShardedAdamW& opt, Communicator& comm, const nlohmann::json& state);
 
+// A rank's optimizer shard as views of the file's mapping (no copy: the state is read once, into
+// the optimizer).
+absl::StatusOr<std::map<std::string, at::Tensor>> MapOptimizerShard(const std::string& path);
+
 // Removes the oldest step-NNNNNN directories of `output_dir` beyond the newest `keep` (0: none),
 // never the one `latest` names.
 absl::Status PruneCheckpoints(const std::string& output_dir, int keep);

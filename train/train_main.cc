@@ -22,6 +22,9 @@ ABSL_FLAG(std::string, set, "", "config fields in text-proto syntax applied over
 ABSL_FLAG(bool, resume, false, "continue from output_dir/latest");
 ABSL_FLAG(std::string, device, "cpu", "cpu (Gloo) or cuda (NCCL; LOCAL_RANK picks the GPU)");
 ABSL_FLAG(int64_t, stop_after_steps, 0, "stop after this many steps of this run, with a checkpoint (0: run to the end)");
+ABSL_FLAG(bool, plan, false, "print the memory plan per rank for this config and world size, then exit");
+ABSL_FLAG(int32_t, plan_world_size, 0, "with --plan: plan for this many ranks without launching them (0: this launch's)");
+ABSL_FLAG(bool, ignore_memory_plan, false, "run even when the memory plan exceeds the memory there is");
 
 namespace llama_moe {
 namespace {
@@ -39,9 +42,20 @@ absl::Status Run() {
   run.device = absl::GetFlag(FLAGS_device);
   run.stop_after_steps = absl::GetFlag(FLAGS_stop_after_steps);
   run.tty = ::isatty(2) != 0;
+  run.plan_only = absl::GetFlag(FLAGS_plan);
+  run.plan_world_size = absl::GetFlag(FLAGS_plan_world_size);
+  run.ignore_memory_plan = absl::GetFlag(FLAGS_ignore_memory_plan);
   ASSIGN_OR_RETURN(run.env, DistEnvFromEnvironment());
   if (run.device == "cuda") run.device = absl::StrCat("cuda:", run.env.local_rank);
   ASSIGN_OR_RETURN(TrainResult r, Train(cfg, run));
+  if (run.plan_only) {
+    if (run.env.rank == 0) {
+      std::printf("memory plan per rank (%d ranks):\n%s",
+                  run.plan_world_size > 0 ? run.plan_world_size : run.env.world_size, r.plan.c_str());
+    }
+    return absl::OkStatus();
+  }
+  if (run.env.rank == 0) std::fprintf(stderr, "memory plan per rank:\n%s", r.plan.c_str());
   if (run.env.rank == 0 || run.env.world_size > 1) {
     std::printf("rank %d: steps %lld..%lld, %.0f tokens/s, held-out loss %.4f, optimizer state %.1f MB, peak RSS %.1f MB, "
                 "router bias checksum %.17g, checkpoint %s\n",

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "model/checkpoint.h"
 #include "model/checkpoint_writer.h"
 #include "model/file_util.h"
 #include "model/status_macros.h"
@@ -22,9 +23,11 @@
 #include "moe/moe_model.h"
 #include "nlohmann/json.hpp"
 #include "train/data_loader.h"
+#include "train/memory_plan.h"
 #include "train/progress.h"
 #include "train/sharded_adamw.h"
 #include "train/train_checkpoint.h"
+#include "train/trainable.h"
 
 namespace llama_moe {
 namespace {
@@ -100,6 +103,7 @@ struct TrainingRun {
   int64_t stop_at = 0;          // this run stops after this step
   int64_t tokens_per_step = 0;  // global batch x sequence length
   std::string run_id;           // shared by the ranks of this run
+  MemoryPlan plan;              // per rank, computed before anything is allocated
   double bias_rate = 0;         // balancing update rate
 
   bool lead() const { return comm->rank() == 0; }
@@ -129,9 +133,7 @@ std::vector<double> SelectTrainable(TrainingRun& t) {
   std::vector<double> lr_scales;
   for (auto& item : t.loaded.model->named_parameters(true)) {
     const MoeTensorRole role = MoeTensorRoleOf(item.key());
-    const bool train = role != MoeTensorRole::kFrozenExpert &&
-                       (t.cfg.trainable() == TrainConfig::ALL || role == MoeTensorRole::kLearnedExpert ||
-                        role == MoeTensorRole::kRouterWeight);
+    const bool train = Trains(role, t.cfg.trainable());
     item.value().set_requires_grad(train);
     if (!train) continue;
     t.trainable.emplace_back(item.key(), item.value());
@@ -161,6 +163,21 @@ absl::Status SetUpRun(TrainingRun& t) {
   return absl::OkStatus();
 }
 
+// The memory plan of this run, from the configs alone; a run that does not fit is refused here,
+// before the model is loaded.
+absl::Status PlanMemory(TrainingRun& t, const std::string& start_dir) {
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(start_dir));
+  ASSIGN_OR_RETURN(LlamaConfig model_cfg, ckpt->LoadConfig());
+  ASSIGN_OR_RETURN(std::optional<MoeConfig> moe, MoeConfigFromLlama(model_cfg), absl::StrCat("config of '", start_dir, "'"));
+  const int world = t.options.plan_world_size > 0 ? t.options.plan_world_size : t.comm->world_size();
+  t.plan = PlanTrainingMemory(model_cfg, moe, t.cfg, world, ResidentBytes());
+  if (t.options.plan_only || t.options.ignore_memory_plan) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const int64_t available,
+                   AvailableMemory(t.device.is_cuda(), t.device.has_index() ? t.device.index() : 0,
+                                   t.device.is_cuda() ? 1 : t.options.env.local_world_size));
+  return CheckPlanFits(t.plan, available, t.cfg, t.comm->world_size());
+}
+
 // The model from `start_dir` in routed mode, the checkpoints' context, and what trains.
 absl::StatusOr<std::vector<double>> SetUpModel(TrainingRun& t, const std::string& start_dir) {
   ModelLoadOptions mo;
@@ -169,6 +186,7 @@ absl::StatusOr<std::vector<double>> SetUpModel(TrainingRun& t, const std::string
   mo.moe.mode = RoutingMode::kRouted;
   mo.moe.aux_loss_coef = t.cfg.aux_loss_coef();
   mo.moe.z_loss_coef = t.cfg.z_loss_coef();
+  mo.release_pages = true;  // the copies train; the file pages need not stay resident beside them
   ASSIGN_OR_RETURN(t.loaded, LoadModel(start_dir, mo));
   ASSIGN_OR_RETURN(t.checkpoints, MakeCheckpointContext(t.cfg.output_dir(), start_dir));
   t.checkpoints.keep = t.cfg.keep_checkpoints();
@@ -222,7 +240,7 @@ absl::Status SetUpOptimizer(TrainingRun& t, const std::vector<double>& lr_scales
   ASSIGN_OR_RETURN(DataPosition pos, DataPosition::FromJson(t.resume->state["data_position"]));
   RETURN_IF_ERROR(t.loader->CheckPosition(pos), absl::StrCat("resuming from '", start_dir, "'"));
   const std::string shard = JoinPath(start_dir, OptimizerShardName(t.comm->rank(), t.comm->world_size()));
-  ASSIGN_OR_RETURN(auto state, ReadSafetensorsFile(shard));
+  ASSIGN_OR_RETURN(auto state, MapOptimizerShard(shard));
   RETURN_IF_ERROR(t.opt->LoadState(state), absl::StrCat("resuming from '", shard, "'"));
   return absl::OkStatus();
 }
@@ -236,6 +254,8 @@ absl::StatusOr<std::unique_ptr<TrainingRun>> SetUp(const TrainConfig& cfg, const
   t->options = options;
   RETURN_IF_ERROR(SetUpRun(*t));
   const std::string start_dir = t->resume ? t->resume->dir : cfg.model_dir();
+  RETURN_IF_ERROR(PlanMemory(*t, start_dir));
+  if (options.plan_only) return t;
   ASSIGN_OR_RETURN(const std::vector<double> lr_scales, SetUpModel(*t, start_dir));
   RETURN_IF_ERROR(SetUpData(*t));
   RETURN_IF_ERROR(SetUpOptimizer(*t, lr_scales, start_dir));
@@ -447,6 +467,8 @@ absl::StatusOr<TrainConfig> LoadTrainConfig(const std::string& path, const std::
 absl::StatusOr<TrainResult> Train(const TrainConfig& cfg, const TrainRunOptions& options) {
   ASSIGN_OR_RETURN(std::unique_ptr<TrainingRun> t, SetUp(cfg, options));
   TrainResult result;
+  result.plan = t->plan.Report();
+  if (options.plan_only) return result;
   result.first_step = t->step;
   const auto start = std::chrono::steady_clock::now();
   if (cfg.eval_every() > 0 && !t->resume) {

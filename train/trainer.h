@@ -3,11 +3,13 @@
 //
 // One optimizer step (llm.c's loop, distributed):
 //   for each micro-step a:  loss_a = CE(model(batch(step, a, rank))) / tokens_per_step
-//                           backward; accumulate grads in float32
-//   all-reduce grads (buckets) and the step's loss and expert loads
-//   clip to the global norm; sharded AdamW; all-gather the updated weights
+//                           backward; reduce-scatter the grads, bucket by bucket, into this
+//                           rank's float32 slice (ZeRO-2)
+//   all-reduce the step's loss and expert loads
+//   clip to the global norm; AdamW on this rank's slice; gather the updated weights
 //   move each router's selection bias toward balance (the same on every rank)
-// Checkpoints (every N steps and at the end) are Hugging Face model directories
+// Before anything is allocated, a memory plan (train/memory_plan.h) is checked against the memory
+// the rank has. Checkpoints (every N steps and at the end) are model directories
 // (output_dir/step-NNNNNN) that every tool of the project reads, plus trainer_state.json and one
 // optimizer shard per rank; `output_dir/latest` names the newest complete one.
 //
@@ -34,6 +36,9 @@ struct TrainRunOptions {
   bool tty = false;                 // progress bar instead of lines
   DistEnv env;                      // rank and world size
   int64_t stop_after_steps = 0;     // > 0: stop (with a checkpoint) after this many steps of this run
+  bool plan_only = false;           // compute the memory plan (TrainResult::plan) and stop
+  int plan_world_size = 0;          // with plan_only: plan for this many ranks (0: env.world_size)
+  bool ignore_memory_plan = false;  // run even when the plan exceeds the memory there is
 };
 
 struct TrainResult {
@@ -49,6 +54,7 @@ struct TrainResult {
   int64_t optimizer_state_bytes = 0; // this rank
   int64_t peak_rss_bytes = 0;        // this process
   std::string final_checkpoint;      // output_dir/step-NNNNNN
+  std::string plan;                  // the memory plan per rank (MemoryPlan::Report)
 };
 
 absl::StatusOr<TrainResult> Train(const TrainConfig& config, const TrainRunOptions& run);
