@@ -70,8 +70,10 @@ absl::Status VerifyCheckpointTensors(const Checkpoint& ckpt, const std::vector<T
                                                      ", expected a floating type"));
     }
     if (read_data) {
-      at::Tensor t = found.second->Get(e);
-      if (!at::isfinite(t).all().item<bool>()) {
+      const bool finite = at::isfinite(found.second->Get(e)).all().item<bool>();
+      // Read once: its pages need not stay resident (an 8B checkpoint is larger than most RAM).
+      found.second->Release(e);
+      if (!finite) {
         return absl::DataLossError(absl::StrCat("file '", found.second->path(), "': tensor '", s.name,
                                                 "' holds NaN or Inf values"));
       }

@@ -10,6 +10,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tools/env.sh
+# Both cores: LibTorch starts with one intra-op thread on these machines.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 work="${1:-/tmp/rehearse_8b}"
 rm -rf "$work" && mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
