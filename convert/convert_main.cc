@@ -9,6 +9,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "convert/converter.h"
 #include "convert/recipe.h"
@@ -47,7 +48,9 @@ absl::Status Run() {
     o.recipe.MergeFrom(over);
   }
   if (absl::GetFlag(FLAGS_top_k) != 0) o.recipe.set_top_k(absl::GetFlag(FLAGS_top_k));
-  if (absl::GetFlag(FLAGS_seed) >= 0) o.recipe.set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
+  const int64_t seed = absl::GetFlag(FLAGS_seed);
+  if (seed < -1) return absl::InvalidArgumentError(absl::StrCat("--seed ", seed, " is negative (-1 keeps the recipe's)"));
+  if (seed >= 0) o.recipe.set_seed(static_cast<uint64_t>(seed));
   if (!absl::GetFlag(FLAGS_router_init).empty()) {
     ConversionRecipe::RouterInit ri;
     if (!ConversionRecipe::RouterInit_Parse(absl::GetFlag(FLAGS_router_init), &ri)) {

@@ -44,7 +44,7 @@ absl::StatusOr<ConversionRecipe> ParseRecipe(absl::string_view text, absl::strin
 }
 
 absl::StatusOr<ConversionRecipe> LoadRecipe(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, kMaxMetadataFileBytes));
   return ParseRecipe(text, path);
 }
 
@@ -98,6 +98,14 @@ absl::StatusOr<MoeConfig> ResolveRecipe(const LlamaConfig& dense, ConversionReci
       !(r->num_learned_experts() == r->num_frozen_experts() && r->top_k() == r->num_frozen_experts())) {
     return bad(absl::StrCat("router_init COMPLEMENTARY needs num_learned_experts == num_frozen_experts == top_k, got ",
                             r->num_learned_experts(), ", ", r->num_frozen_experts(), " and ", r->top_k()));
+  }
+  if (r->router_init() == ConversionRecipe::COMPLEMENTARY &&
+      !(r->learned_init() == ConversionRecipe::NOISY_SLICE && r->noise_scale() == 0)) {
+    // Both groups must compute the dense FFN for routed mode to equal the dense model.
+    return bad(absl::StrCat("router_init COMPLEMENTARY needs learned experts that are exact copies (learned_init "
+                            "NOISY_SLICE with noise_scale 0), got ",
+                            ConversionRecipe::LearnedInit_Name(r->learned_init()), " with noise_scale ",
+                            r->noise_scale()));
   }
   if (r->max_shard_bytes() < 1) return bad("max_shard_bytes must be positive");
   if (!r->dtype().empty() && r->dtype() != "float32" && r->dtype() != "bfloat16" && r->dtype() != "float16") {

@@ -47,6 +47,12 @@ TEST(RecipeTest, RejectsBadRecipes) {
   r = *ParseRecipe("router_init: COMPLEMENTARY top_k: 4", "t");
   EXPECT_THAT(std::string(ResolveRecipe(Dense(14336), &r).status().message()),
               HasSubstr("COMPLEMENTARY needs num_learned_experts == num_frozen_experts == top_k, got 8, 8 and 4"));
+  // Routed mode equals the dense model only when both groups compute it: no noise.
+  r = *ParseRecipe("router_init: COMPLEMENTARY noise_scale: 0.2", "t");
+  EXPECT_THAT(std::string(ResolveRecipe(Dense(14336), &r).status().message()),
+              HasSubstr("COMPLEMENTARY needs learned experts that are exact copies"));
+  r = *ParseRecipe("router_init: COMPLEMENTARY noise_scale: 0 learned_init: DROP_UPCYCLING", "t");
+  EXPECT_FALSE(ResolveRecipe(Dense(14336), &r).ok());
   absl::StatusOr<ConversionRecipe> bad = ParseRecipe("top_k: 4\nno_such_field: 1", "r.textproto");
   ASSERT_FALSE(bad.ok());
   EXPECT_THAT(std::string(bad.status().message()), HasSubstr("r.textproto"));

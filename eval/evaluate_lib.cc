@@ -85,6 +85,8 @@ absl::Status CheckContext(const LoadedModel& m, const std::string& dir, int64_t 
 absl::StatusOr<json> Evaluate(const EvalOptions& o) {
   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(o.model_dir));
   ASSIGN_OR_RETURN(LlamaConfig cfg, ckpt->LoadConfig());
+  ASSIGN_OR_RETURN(const std::optional<MoeConfig> moe, MoeConfigFromLlama(cfg), absl::StrCat("config of '", o.model_dir, "'"));
+  for (RoutingMode mode : o.modes) RETURN_IF_ERROR(CheckRouting(moe, mode, o.model_dir));
   if (!o.data_dir.empty()) {
     ASSIGN_OR_RETURN(ShardSetManifest manifest, ReadShardSetManifest(o.data_dir));
     if (manifest.vocab_size > cfg.vocab_size) {
@@ -116,6 +118,7 @@ absl::StatusOr<json> Evaluate(const EvalOptions& o, std::shared_ptr<const TokenS
   }
   std::vector<RoutingMode> modes = o.modes;
   if (!model.moe) modes = {RoutingMode::kRouted};  // a dense model has one way to run
+  for (RoutingMode mode : modes) RETURN_IF_ERROR(CheckRouting(model.moe, mode, o.model_dir));
   for (MoeFeedForward* l : model.moe_layers) l->TakeRoutingStats();
 
   // One batch at a time: the reference once, then every mode.

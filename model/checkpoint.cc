@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "model/file_util.h"
+#include "model/safetensors_index.h"
 #include "model/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -12,33 +13,9 @@ namespace {
 
 using json = nlohmann::json;
 
-// Parses model.safetensors.index.json into tensor name -> shard file name.
 absl::StatusOr<std::map<std::string, std::string>> ReadIndex(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
-  json root;
-  try {
-    root = json::parse(text);
-  } catch (const json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("index '", path, "' is not valid JSON: ", e.what()));
-  }
-  if (!root.is_object() || !root.contains("weight_map") || !root["weight_map"].is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat("index '", path, "' has no \"weight_map\" object"));
-  }
-  std::map<std::string, std::string> map;
-  for (auto it = root["weight_map"].begin(); it != root["weight_map"].end(); ++it) {
-    if (!it.value().is_string()) {
-      return absl::InvalidArgumentError(absl::StrCat("index '", path, "': tensor '", it.key(),
-                                                     "' maps to a non-string shard name"));
-    }
-    const std::string shard = it.value().get<std::string>();
-    // Shards live in the model directory; a path component would escape it.
-    if (shard.empty() || shard.find('/') != std::string::npos || shard == "." || shard == "..") {
-      return absl::InvalidArgumentError(absl::StrCat("index '", path, "': tensor '", it.key(),
-                                                     "' maps to invalid shard name '", shard, "'"));
-    }
-    map[it.key()] = shard;
-  }
-  return map;
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, kMaxMetadataFileBytes));
+  return ParseSafetensorsIndex(text, path);
 }
 
 }  // namespace

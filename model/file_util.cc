@@ -15,10 +15,15 @@
 
 namespace llama_moe {
 
-absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
+absl::StatusOr<std::string> ReadFileToString(const std::string& path, uint64_t max_bytes) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return absl::NotFoundError(absl::StrCat("cannot open '", path, "': ", std::strerror(errno)));
+  }
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) > max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is ", st.st_size, " bytes, above the limit of ",
+                                                   max_bytes, " bytes for this kind of file"));
   }
   std::ostringstream ss;
   ss << in.rdbuf();

@@ -6,6 +6,8 @@
 #ifndef LLAMA_MOE_MODEL_FILE_UTIL_H_
 #define LLAMA_MOE_MODEL_FILE_UTIL_H_
 
+#include <cstdint>
+#include <limits>
 #include <string>
 
 #include "absl/status/status.h"
@@ -14,7 +16,14 @@
 
 namespace llama_moe {
 
-absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+// Metadata files (config.json, the safetensors index, recipes, training configs, manifests,
+// trainer state) are kilobytes to a few megabytes; a larger one is refused before it is read.
+inline constexpr uint64_t kMaxMetadataFileBytes = uint64_t{64} << 20;
+
+// Reads the whole file; a file larger than `max_bytes` is refused (naming the path and both
+// sizes) before anything is allocated.
+absl::StatusOr<std::string> ReadFileToString(const std::string& path,
+                                             uint64_t max_bytes = std::numeric_limits<uint64_t>::max());
 // Writes `contents` and fsyncs, so that a later rename publishes complete bytes.
 absl::Status WriteStringToFile(const std::string& path, absl::string_view contents);
 bool PathExists(const std::string& path);

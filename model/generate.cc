@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "model/file_util.h"
+#include "model/json_util.h"
 #include "model/kv_cache.h"
 #include "model/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -167,9 +168,9 @@ absl::StatusOr<std::vector<int64_t>> LoadEosTokenIds(const std::string& model_di
   std::vector<int64_t> ids = cfg.eos_token_ids;
   const std::string path = JoinPath(model_dir, "generation_config.json");
   if (PathExists(path)) {
-    ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
-    const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.is_object()) {
+    ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, kMaxMetadataFileBytes));
+    ASSIGN_OR_RETURN(const nlohmann::json j, ParseJson(text, absl::StrCat("'", path, "'")));
+    if (!j.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a JSON object"));
     }
     auto add = [&](const nlohmann::json& v) -> absl::Status {

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "model/file_util.h"
+#include "model/json_util.h"
 #include "model/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -104,12 +105,7 @@ absl::Status ParseRopeScaling(const json& v, const Reader& top, LlamaConfig* cfg
 }  // namespace
 
 absl::StatusOr<LlamaConfig> ParseLlamaConfig(absl::string_view text, absl::string_view file) {
-  json root;
-  try {
-    root = json::parse(text.begin(), text.end());
-  } catch (const json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("config '", file, "' is not valid JSON: ", e.what()));
-  }
+  ASSIGN_OR_RETURN(json root, ParseJson(text, absl::StrCat("config '", file, "'")));
   if (!root.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat("config '", file, "' is not a JSON object"));
   }
@@ -170,23 +166,27 @@ absl::StatusOr<LlamaConfig> ParseLlamaConfig(absl::string_view text, absl::strin
 }
 
 absl::StatusOr<LlamaConfig> LoadLlamaConfig(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, kMaxMetadataFileBytes));
   return ParseLlamaConfig(text, path);
 }
 
 absl::Status ValidateLlamaConfig(const LlamaConfig& c) {
   auto bad = [](absl::string_view what) { return absl::InvalidArgumentError(std::string(what)); };
-  const std::pair<const char*, int64_t> sizes[] = {
-      {"vocab_size", c.vocab_size},
-      {"hidden_size", c.hidden_size},
-      {"intermediate_size", c.intermediate_size},
-      {"num_hidden_layers", c.num_hidden_layers},
-      {"num_attention_heads", c.num_attention_heads},
-      {"num_key_value_heads", c.num_key_value_heads},
-      {"head_dim", c.head_dim},
-      {"max_position_embeddings", c.max_position_embeddings}};
-  for (const auto& [name, v] : sizes) {
-    if (v <= 0) return bad(absl::StrCat(name, " must be positive, got ", v));
+  struct Size {
+    const char* name;
+    int64_t value, limit;
+  };
+  const Size sizes[] = {{"vocab_size", c.vocab_size, kMaxVocabSize},
+                        {"hidden_size", c.hidden_size, kMaxHiddenSize},
+                        {"intermediate_size", c.intermediate_size, kMaxIntermediateSize},
+                        {"num_hidden_layers", c.num_hidden_layers, kMaxLayers},
+                        {"num_attention_heads", c.num_attention_heads, kMaxHeads},
+                        {"num_key_value_heads", c.num_key_value_heads, kMaxHeads},
+                        {"head_dim", c.head_dim, kMaxHeadDim},
+                        {"max_position_embeddings", c.max_position_embeddings, kMaxPositions}};
+  for (const Size& s : sizes) {
+    if (s.value <= 0) return bad(absl::StrCat(s.name, " must be positive, got ", s.value));
+    if (s.value > s.limit) return bad(absl::StrCat(s.name, " ", s.value, " is above the limit of ", s.limit));
   }
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     return bad(absl::StrCat("num_attention_heads ", c.num_attention_heads,

@@ -60,8 +60,18 @@ struct LlamaConfig {
 absl::StatusOr<LlamaConfig> ParseLlamaConfig(absl::string_view json_text, absl::string_view file_name);
 // Reads and parses a config.json file.
 absl::StatusOr<LlamaConfig> LoadLlamaConfig(const std::string& path);
-// Checks shapes and supported features: positive sizes, heads divide hidden and kv heads divide
-// heads (GQA), the llama3 rope_scaling fields, a known torch_dtype, token ids inside the vocab.
+// Checks shapes and supported features: sizes in [1, limit] (below), kv heads divide heads (GQA),
+// the llama3 rope_scaling fields, a known torch_dtype, token ids inside the vocab.
+// The upper limits are far above any released Llama (405B: hidden 16384, FFN 53248, 126 layers)
+// and keep every product of sizes the tools compute (tensor shapes, parameter counts, memory
+// plans) inside int64, so a hostile config fails here instead of overflowing later.
+inline constexpr int64_t kMaxVocabSize = int64_t{1} << 24;
+inline constexpr int64_t kMaxHiddenSize = int64_t{1} << 20;
+inline constexpr int64_t kMaxIntermediateSize = int64_t{1} << 22;
+inline constexpr int64_t kMaxLayers = int64_t{1} << 12;
+inline constexpr int64_t kMaxHeads = int64_t{1} << 12;
+inline constexpr int64_t kMaxHeadDim = int64_t{1} << 12;
+inline constexpr int64_t kMaxPositions = int64_t{1} << 26;
 absl::Status ValidateLlamaConfig(const LlamaConfig& cfg);
 // Serialises to config.json text (pretty-printed, HF field names, extra fields included).
 std::string LlamaConfigToJson(const LlamaConfig& cfg);

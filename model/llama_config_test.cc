@@ -100,6 +100,9 @@ TEST(LlamaConfigTest, RejectsImpossibleOrUnsupportedConfigs) {
       {"{" + base + R"(, "num_attention_heads": "4"})", "field 'num_attention_heads' must be an integer"},
       {R"({"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4})", "field 'intermediate_size' is missing"},
       {R"({"vocab_size": 10, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "bos_token_id": 1, "eos_token_id": [2, 99]})", "eos_token_id 99 is outside"},
+      {"{" + base + R"(, "num_attention_heads": 4, "head_dim": 8, "max_position_embeddings": 1e15})", "field 'max_position_embeddings' must be an integer"},
+      {"{" + base + R"(, "num_attention_heads": 4, "max_position_embeddings": 1000000000000})", "max_position_embeddings 1000000000000 is above the limit of 67108864"},
+      {R"({"vocab_size": 4611686018427387904, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "bos_token_id": 1, "eos_token_id": 2})", "vocab_size 4611686018427387904 is above the limit of 16777216"},
       {"[1]", "not a JSON object"},
       {"{", "not valid JSON"},
   };

@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "model/json_util.h"
 #include "nlohmann/json.hpp"
 
 namespace llama_moe {
@@ -173,6 +174,7 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view heade
   };
   json root;
   try {
+    if (absl::Status deep = CheckJsonNesting(header_json, "header"); !deep.ok()) return Invalid(file, deep.message());
     root = json::parse(header_json.begin(), header_json.end(), cb);
   } catch (const json::exception& e) {
     return Invalid(file, absl::StrCat("header is not valid JSON: ", e.what()));

@@ -1,5 +1,7 @@
 #include "model/tokenizer.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstring>
 #include <fstream>
@@ -13,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "model/json_util.h"
 #include "model/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "pcre2.h"
@@ -146,6 +149,9 @@ class PreTokenizer {
 namespace {
 
 constexpr int32_t kMaxTokenId = 1 << 24;  // bounds the id table a hostile file can make us allocate
+// Llama 3's tokenizer.json is 9 MB; parsing costs ~10x the file in memory, so a file above this is
+// refused before it is read.
+constexpr uint64_t kMaxTokenizerFileBytes = uint64_t{512} << 20;
 
 // GPT-2's byte-level alphabet: printable bytes stand for themselves, the other 68 bytes for
 // U+0100.. in byte order. Returns code point -> byte, -1 for code points outside the alphabet.
@@ -222,6 +228,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string
   if (!in) {
     return absl::NotFoundError(absl::StrCat("cannot open tokenizer file '", path, "'"));
   }
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+      static_cast<uint64_t>(st.st_size) > kMaxTokenizerFileBytes) {
+    return FileError(path, absl::StrCat("the file is ", st.st_size, " bytes, above the limit of ",
+                                        kMaxTokenizerFileBytes, " bytes"));
+  }
   std::ostringstream content;
   content << in.rdbuf();
   if (in.bad()) return absl::DataLossError(absl::StrCat("error reading tokenizer file '", path, "'"));
@@ -257,6 +269,7 @@ absl::Status Tokenizer::AddToken(absl::string_view bytes, int32_t id, bool speci
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromHfJson(absl::string_view content,
                                                                  absl::string_view name) {
+  if (absl::Status deep = CheckJsonNesting(content, "the file"); !deep.ok()) return FileError(name, deep.message());
   nlohmann::json json;
   try {
     json = nlohmann::json::parse(content.begin(), content.end());
@@ -335,6 +348,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromHfJsonValue(const nloh
     }
   }
 
+  if (merges_it->size() > static_cast<size_t>(kMaxTokenId)) {
+    return FileError(name, absl::StrCat("model.merges has ", merges_it->size(), " entries, above the limit of ",
+                                        kMaxTokenId));
+  }
   tok->merges_.reserve(merges_it->size());
   int32_t rank = 0;
   for (const auto& merge : *merges_it) {

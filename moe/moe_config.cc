@@ -31,6 +31,16 @@ absl::Status ValidateMoeConfig(const MoeConfig& m, const LlamaConfig& cfg) {
   if (m.expert_intermediate_size < 1) {
     return bad(absl::StrCat("expert_intermediate_size must be >= 1, got ", m.expert_intermediate_size));
   }
+  // Bounded by I first, so that the product below cannot overflow.
+  if (m.num_frozen_experts > cfg.intermediate_size || m.expert_intermediate_size > cfg.intermediate_size) {
+    return bad(absl::StrCat("num_frozen_experts ", m.num_frozen_experts, " and expert_intermediate_size ",
+                            m.expert_intermediate_size, " must each be at most intermediate_size ",
+                            cfg.intermediate_size));
+  }
+  if (m.num_learned_experts > kMaxLearnedExperts) {
+    return bad(absl::StrCat("num_learned_experts ", m.num_learned_experts, " is above the limit of ",
+                            kMaxLearnedExperts));
+  }
   if (m.num_frozen_experts * m.expert_intermediate_size != cfg.intermediate_size) {
     return bad(absl::StrCat("num_frozen_experts ", m.num_frozen_experts, " x expert_intermediate_size ",
                             m.expert_intermediate_size, " != intermediate_size ", cfg.intermediate_size,

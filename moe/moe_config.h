@@ -52,7 +52,11 @@ struct MoeConfig {
 inline constexpr char kMoeModelType[] = "llama_moe_cc";
 inline constexpr char kMoeArchitecture[] = "LlamaMoeCcForCausalLM";
 
-// Checks the MoE block against the dense shapes (Nf * Ie == I, 1 <= K <= E, ...).
+// Far above any MoE trained so far (DeepSeek-V3: 256 routed experts); bounds the router and
+// expert stacks a hostile config can ask for.
+inline constexpr int64_t kMaxLearnedExperts = 4096;
+
+// Checks the MoE block against the dense shapes (Nf * Ie == I, 1 <= K <= E, Nl <= 4096, ...).
 absl::Status ValidateMoeConfig(const MoeConfig& moe, const LlamaConfig& cfg);
 
 // The "moe" block of `cfg.extra_json`, or nullopt for a dense model. Validated. A model_type of

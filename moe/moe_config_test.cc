@@ -1,10 +1,13 @@
 #include "moe/moe_config.h"
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
 namespace llama_moe {
 namespace {
+
+using ::testing::HasSubstr;
 
 LlamaConfig Dense() {
   LlamaConfig cfg;
@@ -80,6 +83,18 @@ TEST(MoeConfigTest, BadBlocksAreNamed) {
   MoeConfig too_many = Moe();
   too_many.top_k = 7;  // of 6 experts
   EXPECT_FALSE(ValidateMoeConfig(too_many, Dense()).ok());
+}
+
+TEST(MoeConfigTest, HostileSizesAreRefusedBeforeTheyOverflow) {
+  MoeConfig overflow = Moe();
+  overflow.num_frozen_experts = int64_t{1} << 40;  // x expert_intermediate_size would overflow int64
+  overflow.expert_intermediate_size = int64_t{1} << 40;
+  EXPECT_THAT(std::string(ValidateMoeConfig(overflow, Dense()).message()),
+              HasSubstr("must each be at most intermediate_size 128"));
+  MoeConfig huge = Moe();
+  huge.num_learned_experts = kMaxLearnedExperts + 1;
+  EXPECT_THAT(std::string(ValidateMoeConfig(huge, Dense()).message()),
+              HasSubstr("num_learned_experts 4097 is above the limit of 4096"));
 }
 
 }  // namespace

@@ -39,7 +39,11 @@ struct LoadedModel {
   void SetRouting(RoutingMode mode);
 };
 
+// Loads `dir`; an MoE model's routing mode must be one it can run (CheckRouting).
 absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, const ModelLoadOptions& options);
+
+// Whether the model of `dir` can run in `mode`: learned_only needs learned experts.
+absl::Status CheckRouting(const std::optional<MoeConfig>& moe, RoutingMode mode, const std::string& dir);
 
 }  // namespace llama_moe
 

@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "model/main_util.h"
 #include "model/status_macros.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
@@ -109,18 +110,15 @@ int main(int argc, char** argv) {
     std::cerr << "tokenize: unexpected argument '" << positional[1] << "'\n";
     return 2;
   }
-  llama_moe::TokenizeOptions options;
-  options.tokenizer_path = llama_moe::ResolvePath(absl::GetFlag(FLAGS_tokenizer));
-  options.input_path = llama_moe::ResolvePath(absl::GetFlag(FLAGS_input));
-  options.jsonl = absl::GetFlag(FLAGS_jsonl);
-  if (options.tokenizer_path.empty() || options.input_path.empty()) {
-    std::cerr << "tokenize: --tokenizer and --input are required (see --help)\n";
-    return 2;
-  }
-  const absl::Status status = llama_moe::Run(options);
-  if (!status.ok()) {
-    std::cerr << "tokenize: " << status.message() << "\n";
-    return 1;
-  }
-  return 0;
+  // RunMain: any error, or an exception escaping the tokenizer, is one line and a non-zero exit.
+  return llama_moe::RunMain("tokenize", [] {
+    llama_moe::TokenizeOptions options;
+    options.tokenizer_path = llama_moe::ResolvePath(absl::GetFlag(FLAGS_tokenizer));
+    options.input_path = llama_moe::ResolvePath(absl::GetFlag(FLAGS_input));
+    options.jsonl = absl::GetFlag(FLAGS_jsonl);
+    if (options.tokenizer_path.empty() || options.input_path.empty()) {
+      return absl::InvalidArgumentError("--tokenizer and --input are required (see --help)");
+    }
+    return llama_moe::Run(options);
+  });
 }

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "model/file_util.h"
+#include "model/json_util.h"
 #include "model/status_macros.h"
 
 namespace llama_moe {
@@ -300,6 +301,10 @@ absl::StatusOr<ShardSetManifest> ShardSetManifest::FromJson(const nlohmann::json
       ASSIGN_OR_RETURN(split.num_documents, UnsignedField<uint64_t>(split_json, "num_documents", what));
       ASSIGN_OR_RETURN(const nlohmann::json* shards, Field(split_json, "shards", what));
       if (!shards->is_array()) return absl::InvalidArgumentError(absl::StrCat("field '", what, ".shards' is not an array"));
+      if (shards->size() > kMaxShardsPerSplit) {
+        return absl::InvalidArgumentError(absl::StrCat("field '", what, ".shards' lists ", shards->size(),
+                                                       " shards, above the limit of ", kMaxShardsPerSplit));
+      }
       uint64_t tokens = 0, documents = 0;
       for (size_t i = 0; i < shards->size(); ++i) {
         const std::string shard_what = absl::StrCat(what, ".shards[", i, "]");
@@ -314,6 +319,11 @@ absl::StatusOr<ShardSetManifest> ShardSetManifest::FromJson(const nlohmann::json
         ASSIGN_OR_RETURN(entry.num_documents, UnsignedField<uint64_t>(s, "num_documents", shard_what));
         ASSIGN_OR_RETURN(const nlohmann::json* h, Field(s, "payload_fnv1a64", shard_what));
         ASSIGN_OR_RETURN(entry.payload_hash, ParseHex(*h, absl::StrCat(shard_what, ".payload_fnv1a64")));
+        if (entry.num_tokens > kMaxTokensPerSplit - tokens || entry.num_documents > entry.num_tokens) {
+          return absl::InvalidArgumentError(absl::StrCat(shard_what, " claims ", entry.num_tokens, " tokens and ",
+                                                         entry.num_documents, " documents (documents <= tokens, ",
+                                                         "at most ", kMaxTokensPerSplit, " tokens a split)"));
+        }
         tokens += entry.num_tokens;
         documents += entry.num_documents;
         split.shards.push_back(std::move(entry));
@@ -347,9 +357,8 @@ absl::StatusOr<ShardSetManifest> ShardSetManifest::FromJson(const nlohmann::json
 
 absl::StatusOr<ShardSetManifest> ReadShardSetManifest(const std::string& dir) {
   const std::string path = JoinPath(dir, kShardSetManifestName);
-  ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
-  nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded()) return absl::InvalidArgumentError(absl::StrCat("manifest '", path, "' is not valid JSON"));
+  ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path, kMaxMetadataFileBytes));
+  ASSIGN_OR_RETURN(const nlohmann::json json, ParseJson(text, absl::StrCat("manifest '", path, "'")));
   return ShardSetManifest::FromJson(json, path);
 }
 

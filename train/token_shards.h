@@ -55,6 +55,10 @@ inline constexpr uint32_t kTokenShardVersion = 1;
 inline constexpr uint32_t kTokenShardDtypeUint32 = 1;
 inline constexpr size_t kTokenShardHeaderBytes = 64;
 inline constexpr char kShardSetManifestName[] = "manifest.json";
+// Bounds on what a manifest may claim: 2^20 shards a split (15T tokens in 100M-token shards is
+// 150,000) and 2^50 tokens a split, so that counts add without overflow.
+inline constexpr size_t kMaxShardsPerSplit = size_t{1} << 20;
+inline constexpr uint64_t kMaxTokensPerSplit = uint64_t{1} << 50;
 
 // FNV-1a 64 over `bytes`; the payload checksum of a shard and the tokenizer hash in manifests.
 uint64_t Fnv1a64(absl::string_view bytes);

@@ -278,6 +278,12 @@ TEST(ShardSetTest, BadManifestNamesFileAndField) {
   ASSERT_FALSE(read.ok());
   EXPECT_THAT(read.status().message(), HasSubstr("shards sum to"));
 
+  // Counts that would wrap the sums around: refused by the per-split bound, naming the shard.
+  json = m.ToJson();
+  json["splits"]["train"]["shards"][0]["num_tokens"] = uint64_t{1} << 63;
+  ASSERT_TRUE(WriteStringToFile(JoinPath(dir, kShardSetManifestName), json.dump()).ok());
+  EXPECT_THAT(ReadShardSetManifest(dir).status().message(), HasSubstr("splits.train.shards[0] claims 9223372036854775808"));
+
   ASSERT_TRUE(WriteStringToFile(JoinPath(dir, kShardSetManifestName), "{not json").ok());
   EXPECT_THAT(ReadShardSetManifest(dir).status().message(), HasSubstr("not valid JSON"));
 }

@@ -17,6 +17,7 @@
 #include "model/checkpoint.h"
 #include "model/checkpoint_writer.h"
 #include "model/file_util.h"
+#include "model/json_util.h"
 #include "model/model_format.h"
 #include "model/safetensors.h"
 #include "model/status_macros.h"
@@ -87,14 +88,25 @@ absl::StatusOr<ResumePoint> ReadResumePoint(const std::string& output_dir, int w
                    "--resume needs a previous checkpoint");
   ResumePoint p;
   p.dir = JoinPath(output_dir, std::string(absl::StripAsciiWhitespace(latest)));
-  ASSIGN_OR_RETURN(std::string text, ReadFileToString(JoinPath(p.dir, kTrainerState)));
-  p.state = nlohmann::json::parse(text, nullptr, false);
-  if (!p.state.is_object() || !p.state.contains("step")) {
-    return absl::DataLossError(absl::StrCat("'", p.dir, "/", kTrainerState, "' is unreadable"));
+  ASSIGN_OR_RETURN(std::string text, ReadFileToString(JoinPath(p.dir, kTrainerState), kMaxMetadataFileBytes));
+  const std::string path = JoinPath(p.dir, kTrainerState);
+  ASSIGN_OR_RETURN(p.state, ParseJson(text, absl::StrCat("'", path, "'")));
+  // The fields resume reads, checked here so that a damaged file is one clear error.
+  auto bad = [&](const std::string& what) {
+    return absl::DataLossError(absl::StrCat("'", path, "': ", what));
+  };
+  if (!p.state.is_object()) return bad("not a JSON object");
+  for (const char* f : {"step", "world_size"}) {
+    if (!p.state.contains(f) || !p.state[f].is_number_integer() || p.state[f].get<int64_t>() < 0) {
+      return bad(absl::StrCat("field '", f, "' is missing or not a non-negative integer"));
+    }
   }
-  if (p.state.value("world_size", 0) != world_size) {
+  if (!p.state.contains("data_position") || !p.state["data_position"].is_object()) {
+    return bad("field 'data_position' is missing or not an object");
+  }
+  if (p.state["world_size"].get<int64_t>() != world_size) {
     return absl::InvalidArgumentError(absl::StrCat("checkpoint '", p.dir, "' was written by ",
-                                                   p.state.value("world_size", 0),
+                                                   p.state["world_size"].get<int64_t>(),
                                                    " ranks; resume with the same number (", world_size, " now)"));
   }
   return p;
@@ -106,7 +118,7 @@ absl::StatusOr<CheckpointContext> MakeCheckpointContext(const std::string& outpu
   ctx.source_dir = source_dir;
   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> src, Checkpoint::Open(source_dir));
   for (const std::string& n : src->TensorNames()) ctx.storage_dtype[n] = src->Find(n)->first->dtype;
-  ASSIGN_OR_RETURN(ctx.config_json, ReadFileToString(JoinPath(source_dir, kConfigFile)));
+  ASSIGN_OR_RETURN(ctx.config_json, ReadFileToString(JoinPath(source_dir, kConfigFile), kMaxMetadataFileBytes));
   return ctx;
 }
 

@@ -49,7 +49,8 @@ TEST(TrainCheckpointTest, SavesResumablyAndPrunes) {
   ctx->keep = 1;
   ctx->run_id = "test";
   for (int64_t step : {3, 6}) {
-    absl::StatusOr<std::string> dir = SaveCheckpoint(*ctx, step, **model, opt, *comm, {{"step", step}, {"world_size", 1}});
+    absl::StatusOr<std::string> dir = SaveCheckpoint(*ctx, step, **model, opt, *comm,
+                                                  {{"step", step}, {"world_size", 1}, {"data_position", {{"epoch", 0}}}});
     ASSERT_TRUE(dir.ok()) << dir.status();
     EXPECT_TRUE(PathExists(JoinPath(*dir, OptimizerShardName(0, 1))));
   }
@@ -61,6 +62,26 @@ TEST(TrainCheckpointTest, SavesResumablyAndPrunes) {
   EXPECT_NE(std::string(ReadResumePoint(out, 2).status().message()).find("written by 1 ranks"), std::string::npos);
   EXPECT_NE(std::string(ReadResumePoint(TestPath("empty"), 1).status().message()).find("needs a previous checkpoint"),
             std::string::npos);
+}
+
+TEST(TrainCheckpointTest, DamagedTrainerStateIsNamed) {
+  const std::string out = TestPath("damaged");
+  std::filesystem::create_directories(JoinPath(out, "step-000001"));
+  ASSERT_TRUE(WriteStringToFile(JoinPath(out, "latest"), "step-000001\n").ok());
+  const std::string state = JoinPath(out, "step-000001/trainer_state.json");
+  for (const auto& [text, want] : std::vector<std::pair<std::string, std::string>>{
+           {"{\"step\": 3", "is not valid JSON"},
+           {"[1, 2]", "not a JSON object"},
+           {"{\"step\": \"three\", \"world_size\": 1, \"data_position\": {}}", "field 'step'"},
+           {"{\"step\": 3, \"data_position\": {}}", "field 'world_size'"},
+           {"{\"step\": 3, \"world_size\": 1, \"data_position\": 7}", "field 'data_position'"},
+           {std::string(100, '[') + std::string(100, ']'), "deeper than 64"}}) {
+    ASSERT_TRUE(WriteStringToFile(state, text).ok());
+    const absl::Status s = ReadResumePoint(out, 1).status();
+    EXPECT_FALSE(s.ok());
+    EXPECT_NE(std::string(s.message()).find(want), std::string::npos) << text << " -> " << s;
+    EXPECT_NE(std::string(s.message()).find("trainer_state.json"), std::string::npos) << s;
+  }
 }
 
 }  // namespace

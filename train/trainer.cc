@@ -1,7 +1,6 @@
 #include "train/trainer.h"
 
 #include <ATen/ATen.h>
-#include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 #include <sys/resource.h>
 
@@ -27,6 +26,7 @@
 #include "train/progress.h"
 #include "train/sharded_adamw.h"
 #include "train/train_checkpoint.h"
+#include "train/train_config.h"
 #include "train/trainable.h"
 
 namespace llama_moe {
@@ -109,23 +109,6 @@ struct TrainingRun {
   bool lead() const { return comm->rank() == 0; }
   Router& router(size_t layer) { return loaded.moe_layers[layer]->router(); }
 };
-
-absl::Status CheckConfig(const TrainConfig& cfg) {
-  if (cfg.model_dir().empty() || cfg.data_dir().empty() || cfg.output_dir().empty()) {
-    return absl::InvalidArgumentError("model_dir, data_dir and output_dir must be set");
-  }
-  if (cfg.steps() < 1 || cfg.seq_len() < 1 || cfg.micro_batch() < 1 || cfg.global_batch() < 1) {
-    return absl::InvalidArgumentError("steps, seq_len, micro_batch and global_batch must be positive");
-  }
-  if (cfg.keep_checkpoints() < 0 || cfg.checkpoint_timeout_seconds() < 1 || cfg.timeout_seconds() < 1) {
-    return absl::InvalidArgumentError(
-        "keep_checkpoints must be >= 0, checkpoint_timeout_seconds and timeout_seconds positive");
-  }
-  if (cfg.activation_checkpointing() && (cfg.aux_loss_coef() > 0 || cfg.z_loss_coef() > 0)) {
-    return absl::InvalidArgumentError("aux_loss_coef / z_loss_coef need activation_checkpointing off");
-  }
-  return absl::OkStatus();
-}
 
 // What trains (frozen experts never; by default learned experts and routers), with each
 // tensor's learning-rate factor; everything else gets no gradient and no optimizer state.
@@ -248,7 +231,7 @@ absl::Status SetUpOptimizer(TrainingRun& t, const std::vector<double>& lr_scales
 // Everything a run needs, in order: communication and the starting point, the model, the data,
 // the optimizer, metrics and progress.
 absl::StatusOr<std::unique_ptr<TrainingRun>> SetUp(const TrainConfig& cfg, const TrainRunOptions& options) {
-  RETURN_IF_ERROR(CheckConfig(cfg));
+  RETURN_IF_ERROR(ValidateTrainConfig(cfg));
   auto t = std::make_unique<TrainingRun>();
   t->cfg = cfg;
   t->options = options;
@@ -431,38 +414,6 @@ void Summarize(TrainingRun& t, double seconds, TrainResult& result) {
 }
 
 }  // namespace
-
-absl::StatusOr<TrainConfig> LoadTrainConfig(const std::string& path, const std::string& overrides) {
-  // Syntax errors become one Status naming the source, line and column (instead of protobuf's
-  // own log lines on stderr).
-  class Collect : public google::protobuf::io::ErrorCollector {
-   public:
-    void AddError(int line, google::protobuf::io::ColumnNumber column, const std::string& message) override {
-      if (first.empty()) first = absl::StrCat("line ", line + 1, ", column ", column + 1, ": ", message);
-    }
-    std::string first;
-  };
-  auto parse = [](const std::string& text, const std::string& source, TrainConfig* out) -> absl::Status {
-    google::protobuf::TextFormat::Parser parser;
-    Collect errors;
-    parser.RecordErrorsTo(&errors);
-    if (!parser.ParseFromString(text, out)) {
-      return absl::InvalidArgumentError(absl::StrCat(source, " is not a valid TrainConfig: ", errors.first));
-    }
-    return absl::OkStatus();
-  };
-  TrainConfig cfg;
-  if (!path.empty()) {
-    ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
-    RETURN_IF_ERROR(parse(text, absl::StrCat("training config '", path, "'"), &cfg));
-  }
-  if (!overrides.empty()) {
-    TrainConfig over;
-    RETURN_IF_ERROR(parse(overrides, "--set", &over));
-    cfg.MergeFrom(over);
-  }
-  return cfg;
-}
 
 absl::StatusOr<TrainResult> Train(const TrainConfig& cfg, const TrainRunOptions& options) {
   ASSIGN_OR_RETURN(std::unique_ptr<TrainingRun> t, SetUp(cfg, options));

@@ -26,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "train/distributed.h"
+#include "train/train_config.h"
 #include "train/train_config.pb.h"
 
 namespace llama_moe {
@@ -59,8 +60,6 @@ struct TrainResult {
 
 absl::StatusOr<TrainResult> Train(const TrainConfig& config, const TrainRunOptions& run);
 
-// Loads a text-proto TrainConfig, then merges `overrides` (text proto) over it.
-absl::StatusOr<TrainConfig> LoadTrainConfig(const std::string& path, const std::string& overrides);
 
 }  // namespace llama_moe
 
