@@ -66,6 +66,14 @@ absl::StatusOr<std::optional<MoeConfig>> MoeConfigFromLlama(const LlamaConfig& c
   const json& j = extra["moe"];
   if (!j.is_object()) return absl::InvalidArgumentError("config field 'moe' is not an object");
   MoeConfig m;
+  // nlohmann converts a float such as 1e300 to int64 without a check (undefined behaviour), so
+  // integer fields are type-checked before get.
+  for (const char* field : {"num_frozen_experts", "num_learned_experts", "expert_intermediate_size", "top_k"}) {
+    if (j.contains(field) && !j[field].is_number_integer()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config field 'moe.", field, "' must be an integer, got ", j[field].dump()));
+    }
+  }
   std::string score_function;
   try {
     m.num_frozen_experts = j.at("num_frozen_experts").get<int64_t>();

@@ -77,6 +77,15 @@ TEST(MoeConfigTest, BadBlocksAreNamed) {
   EXPECT_NE(std::string(MoeConfigFromLlama(bad_fn).status().message()).find("'relu' is not softmax or sigmoid"),
             std::string::npos);
 
+  LlamaConfig float_count = Dense();
+  SetMoeConfig(Moe(), &float_count);
+  extra = nlohmann::json::parse(float_count.extra_json);
+  extra["moe"]["num_learned_experts"] = 1e300;  // would overflow an int64 conversion
+  float_count.extra_json = extra.dump();
+  EXPECT_NE(std::string(MoeConfigFromLlama(float_count).status().message())
+                .find("'moe.num_learned_experts' must be an integer, got 1e+300"),
+            std::string::npos);
+
   MoeConfig uncovered = Moe();
   uncovered.expert_intermediate_size = 16;  // 4 x 16 != 128
   EXPECT_FALSE(ValidateMoeConfig(uncovered, Dense()).ok());
