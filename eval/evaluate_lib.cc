@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "model/checkpoint.h"
@@ -176,13 +177,10 @@ absl::StatusOr<json> Evaluate(const EvalOptions& o, std::shared_ptr<const TokenS
     // Only routed forwards count loads, so the statistics are the routed mode's alone.
     if (model.moe && modes[i] == RoutingMode::kRouted) {
       json layers = json::array();
-      for (MoeFeedForward* l : model.moe_layers) {
-        RoutingStats s = l->TakeRoutingStats();
-        const at::Tensor load = s.load.to(at::kDouble);
-        const double mean = load.mean().item<double>();
-        layers.push_back({{"load", std::vector<double>(load.data_ptr<double>(), load.data_ptr<double>() + load.numel())},
-                          {"max_over_mean", mean > 0 ? load.max().item<double>() / mean : 0.0},
-                          {"entropy", s.tokens > 0 ? s.entropy_sum / s.tokens : 0.0}});
+      for (const RoutingSummary& s : TakeRoutingSummaries(model.moe_layers)) {
+        const double mean = s.load.empty() ? 0.0 : std::accumulate(s.load.begin(), s.load.end(), 0.0) / s.load.size();
+        const double max = s.load.empty() ? 0.0 : *std::max_element(s.load.begin(), s.load.end());
+        layers.push_back({{"load", s.load}, {"max_over_mean", mean > 0 ? max / mean : 0.0}, {"entropy", s.entropy_mean}});
       }
       r["layers"] = layers;
       r["num_frozen_experts"] = model.moe->num_frozen_experts;

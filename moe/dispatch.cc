@@ -49,8 +49,11 @@ SortedPairs SortPairsByExpert(const at::Tensor& expert, int64_t E) {
   if (!flat.is_cpu()) {
     s.order = std::get<1>(flat.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
     s.token = s.order.div(K, "floor");
-    // The one host sync: segment sizes drive the per-expert loop.
-    s.counts = at::bincount(flat, /*weights=*/{}, E).to(at::kCPU);
+    // The one host sync: segment sizes drive the per-expert loop (counted by scatter_add, since
+    // at::bincount would first read the largest id on the host).
+    s.counts = at::zeros({E}, flat.options().dtype(at::kLong))
+                   .scatter_add_(0, flat.to(at::kLong), at::ones_like(flat, at::kLong))
+                   .to(at::kCPU);
     return s;
   }
   // A counting sort on the host: the same order as the device sort, without its five ATen calls.

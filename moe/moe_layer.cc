@@ -50,7 +50,11 @@ MoeFeedForward::MoeFeedForward(int64_t hidden, const MoeConfig& moe, const MoeLa
                                std::make_shared<ExpertStack>(moe.num_learned_experts, hidden, ie, tensor_options));
   }
   router_ = register_module("router", MakeRouter(hidden, moe, tensor_options));
-  stats_.load = at::zeros({moe.num_experts()}, at::kLong);
+}
+
+at::Tensor CountPerExpert(const at::Tensor& expert, int64_t num_experts) {
+  const at::Tensor flat = expert.reshape({-1}).to(at::kLong);
+  return at::zeros({num_experts}, flat.options()).scatter_add_(0, flat, at::ones_like(flat));
 }
 
 ExpertBank MoeFeedForward::experts() const {
@@ -85,10 +89,11 @@ at::Tensor MoeFeedForward::forward(const at::Tensor& x_in) {
       if (InActivationRecompute()) break;
       {
         c10::NoGradGuard no_grad;
-        const int64_t E = moe_.num_experts();
-        stats_.load += at::bincount(r.expert.reshape({-1}), {}, E).to(at::kCPU);
+        const at::Tensor load = CountPerExpert(r.expert, moe_.num_experts());
         const at::Tensor p = moe_.score_function == ScoreFunction::kSoftmax ? r.scores : r.scores / r.scores.sum(-1, true);
-        stats_.entropy_sum += -(p * at::log(p.clamp_min(1e-20))).sum().item<double>();
+        const at::Tensor entropy = -(p * at::log(p.clamp_min(1e-20))).sum().to(at::kDouble);
+        stats_.load = stats_.load.defined() ? stats_.load + load : load;
+        stats_.entropy_sum = stats_.entropy_sum.defined() ? stats_.entropy_sum + entropy : entropy;
         stats_.tokens += x.size(0);
       }
       if (options_.aux_loss_coef > 0 || options_.z_loss_coef > 0) {
@@ -96,7 +101,7 @@ at::Tensor MoeFeedForward::forward(const at::Tensor& x_in) {
         const int64_t E = moe_.num_experts(), T = x.size(0), K = moe_.top_k;
         if (options_.aux_loss_coef > 0) {
           // Switch/GShard: E * sum_e f_e * P_e, f = fraction of pairs to e, P = mean score.
-          const at::Tensor f = at::bincount(r.expert.reshape({-1}), {}, E).to(r.scores.dtype()) / (T * K);
+          const at::Tensor f = CountPerExpert(r.expert, E).to(r.scores.dtype()) / (T * K);
           aux = aux + options_.aux_loss_coef * E * (f.detach() * r.scores.mean(0)).sum();
         }
         if (options_.z_loss_coef > 0) {
@@ -119,7 +124,10 @@ at::Tensor MoeFeedForward::TakeAuxLoss() {
 RoutingStats MoeFeedForward::TakeRoutingStats() {
   RoutingStats out = stats_;
   stats_ = RoutingStats();
-  stats_.load = at::zeros({moe_.num_experts()}, at::kLong);
+  // Zeros on the layer's device when nothing was routed since the last call.
+  const at::TensorOptions on = at::TensorOptions().device(frozen_->gate_proj->weight().device());
+  if (!out.load.defined()) out.load = at::zeros({moe_.num_experts()}, on.dtype(at::kLong));
+  if (!out.entropy_sum.defined()) out.entropy_sum = at::zeros({}, on.dtype(at::kDouble));
   return out;
 }
 
@@ -128,6 +136,30 @@ FeedForwardFactory MoeFeedForwardFactory(const MoeConfig& moe, const MoeLayerOpt
     return std::static_pointer_cast<FeedForward>(
         std::make_shared<MoeFeedForward>(cfg.hidden_size, moe, options, tensor_options));
   };
+}
+
+std::vector<RoutingSummary> TakeRoutingSummaries(const std::vector<MoeFeedForward*>& layers) {
+  std::vector<RoutingSummary> out(layers.size());
+  if (layers.empty()) return out;
+  std::vector<at::Tensor> rows;
+  std::vector<int64_t> widths;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    RoutingStats s = layers[i]->TakeRoutingStats();
+    out[i].tokens = s.tokens;
+    widths.push_back(s.load.numel());
+    rows.push_back(s.load.to(at::kDouble));
+    rows.push_back(s.entropy_sum.reshape({1}));
+  }
+  // One copy to the host for all layers.
+  const at::Tensor all = at::cat(rows).to(at::kCPU).contiguous();
+  const double* v = all.data_ptr<double>();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    out[i].load.assign(v, v + widths[i]);
+    v += widths[i];
+    out[i].entropy_mean = out[i].tokens > 0 ? *v / out[i].tokens : 0.0;
+    ++v;
+  }
+  return out;
 }
 
 }  // namespace llama_moe

@@ -59,13 +59,20 @@ class ExpertStack : public torch::nn::Module {
   std::shared_ptr<ExpertProjection> gate_proj, up_proj, down_proj;
 };
 
-// Per-layer routing statistics accumulated since the last TakeRoutingStats().
+// Per-layer routing statistics accumulated since the last TakeRoutingStats(). They stay on the
+// layer's device: a forward pass never waits for the host to read them (on a GPU a per-layer read
+// would be a synchronisation in every layer of every step); RoutingSummaries() reads all layers in
+// one copy.
 struct RoutingStats {
-  at::Tensor load;            // [E] int64: (token, slot) pairs routed to each expert
-  double entropy_sum = 0;     // sum over tokens of the score distribution's entropy (nats)
+  at::Tensor load;         // [E] int64 on the layer's device: (token, slot) pairs routed to each expert
+  at::Tensor entropy_sum;  // float64 scalar on the layer's device: sum over tokens of the score entropy (nats)
   int64_t tokens = 0;
-  at::Tensor aux_loss;        // scalar (graph attached) when aux losses are enabled; else undefined
+  at::Tensor aux_loss;     // scalar (graph attached) when aux losses are enabled; else undefined
 };
+
+// (token, slot) pairs per expert of `expert` ids [T,K]: int64 [E] on their device, counted without
+// a host synchronisation (at::bincount reads the largest id on the host first).
+at::Tensor CountPerExpert(const at::Tensor& expert, int64_t num_experts);
 
 struct MoeLayerOptions {
   RoutingMode mode = RoutingMode::kRouted;
@@ -97,6 +104,16 @@ class MoeFeedForward : public FeedForward {
   std::shared_ptr<Router> router_;
   RoutingStats stats_;
 };
+
+// One layer's statistics as the host reads them.
+struct RoutingSummary {
+  std::vector<double> load;  // [E] (token, slot) pairs per expert
+  double entropy_mean = 0;   // mean score entropy per token (nats); 0 without tokens
+  int64_t tokens = 0;
+};
+
+// Takes (and resets) the statistics of every layer, copying them to the host once for all layers.
+std::vector<RoutingSummary> TakeRoutingSummaries(const std::vector<MoeFeedForward*>& layers);
 
 // A FeedForwardFactory building MoeFeedForward layers.
 FeedForwardFactory MoeFeedForwardFactory(const MoeConfig& moe, const MoeLayerOptions& options);

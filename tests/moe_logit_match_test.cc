@@ -3,6 +3,10 @@
 // is sparse.
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <numeric>
+#include <vector>
+
 #include "convert/converter.h"
 #include "convert/recipe.h"
 #include "gtest/gtest.h"
@@ -136,9 +140,43 @@ TEST(MoeLogitMatchTest, RoutedModeCountsLoadsForBalancing) {
     RoutingStats s = layer->TakeRoutingStats();
     EXPECT_EQ(s.load.sum().item<int64_t>(), 40 * 2);  // every (token, slot) pair counted once
     EXPECT_EQ(s.tokens, 40);
-    EXPECT_GT(s.entropy_sum, 0);
+    EXPECT_GT(s.entropy_sum.item<double>(), 0);
     EXPECT_EQ(layer->TakeRoutingStats().load.sum().item<int64_t>(), 0);  // reset
   }
+}
+
+TEST(MoeLogitMatchTest, RoutingSummariesReadEveryLayerAtOnceAndEqualTheRouterChoices) {
+  Models m = Make("top_k: 2", DType::kF32, 2, false);
+  ModelLoadOptions o;
+  o.dtype = DType::kF32;
+  LoadedModel model = *LoadModel(m.moe, o);
+  const at::Tensor tokens = at::randint(0, 510, {2, 30}, at::kLong);
+  ASSERT_TRUE(model.model->Forward(tokens).ok());
+  ASSERT_TRUE(model.model->Forward(tokens.narrow(1, 0, 7)).ok());
+  // The statistics stay tensors on the layer's device until read.
+  const RoutingStats peek = model.moe_layers[0]->TakeRoutingStats();
+  EXPECT_EQ(peek.load.device(), model.model->device());
+  EXPECT_EQ(peek.entropy_sum.dim(), 0);
+  EXPECT_EQ(peek.tokens, 2 * 30 + 2 * 7);
+  ASSERT_TRUE(model.model->Forward(tokens).ok());
+  const std::vector<RoutingSummary> s = TakeRoutingSummaries(model.moe_layers);
+  ASSERT_EQ(s.size(), 2u);
+  // Layer 0 was read after the first two forwards; layer 1 holds all three.
+  const std::vector<int64_t> tokens_seen = {2 * 30, 2 * 30 + 2 * 7 + 2 * 30};
+  for (size_t i = 0; i < s.size(); ++i) {
+    const RoutingSummary& l = s[i];
+    ASSERT_EQ(l.load.size(), 16u);  // 8 frozen + 8 learned
+    EXPECT_EQ(std::accumulate(l.load.begin(), l.load.end(), 0.0), tokens_seen[i] * 2);
+    EXPECT_EQ(l.tokens, tokens_seen[i]);
+    EXPECT_GT(l.entropy_mean, 0);
+    EXPECT_LE(l.entropy_mean, std::log(16.0) + 1e-9);
+  }
+  // The first layer's loads equal the ids its router picks for the same input (counted per expert).
+  const at::Tensor x = at::randn({5, 64});
+  const at::Tensor ids = model.moe_layers[0]->router().forward(x).expert;
+  const at::Tensor counted = CountPerExpert(ids, 16);
+  EXPECT_TRUE(at::equal(counted, at::bincount(ids.reshape({-1}), {}, 16)));
+  EXPECT_TRUE(TakeRoutingSummaries(model.moe_layers)[1].load == std::vector<double>(16, 0.0));  // reset
 }
 
 TEST(MoeLogitMatchTest, AuxiliaryBalanceAndZLossesReachTheRouter) {

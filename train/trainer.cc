@@ -50,12 +50,6 @@ int64_t PeakRssBytes() {
 }
 
 // Sum over ranks of a small vector of doubles.
-absl::StatusOr<std::vector<double>> SumOverRanks(Communicator& comm, const std::vector<double>& v) {
-  at::Tensor t = at::tensor(v, at::TensorOptions().dtype(at::kDouble));
-  RETURN_IF_ERROR(comm.AllReduceSum({t}));
-  return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
-}
-
 // What one optimizer step measured, summed (loads) or averaged (entropy) over ranks.
 struct StepStats {
   struct Layer {
@@ -72,7 +66,7 @@ struct StepStats {
       v.insert(v.end(), l.load.begin(), l.load.end());
       v.push_back(l.entropy / comm.world_size());
     }
-    ASSIGN_OR_RETURN(std::vector<double> sum, ::llama_moe::SumOverRanks(comm, v));
+    ASSIGN_OR_RETURN(std::vector<double> sum, comm.SumValues(v));
     StepStats out = *this;
     size_t i = 0;
     out.loss_sum = sum[i++];
@@ -289,11 +283,8 @@ absl::StatusOr<StepStats> ForwardBackward(TrainingRun& t) {
     }
     RETURN_IF_ERROR(t.opt->AccumulateGradients(), absl::StrCat("step ", t.step + 1));
   }
-  for (MoeFeedForward* l : t.loaded.moe_layers) {
-    const RoutingStats r = l->TakeRoutingStats();
-    const at::Tensor load = r.load.to(at::kDouble).contiguous();
-    s.layers.push_back({std::vector<double>(load.data_ptr<double>(), load.data_ptr<double>() + load.numel()),
-                        r.tokens > 0 ? r.entropy_sum / r.tokens : 0.0});
+  for (RoutingSummary& r : TakeRoutingSummaries(t.loaded.moe_layers)) {
+    s.layers.push_back({std::move(r.load), r.entropy_mean});
   }
   return s;
 }
@@ -326,7 +317,7 @@ absl::StatusOr<std::pair<double, int64_t>> HeldoutLoss(TrainingRun& t) {
   }
   // Evaluation must not feed the balancing statistics of the training step.
   for (MoeFeedForward* l : t.loaded.moe_layers) l->TakeRoutingStats();
-  ASSIGN_OR_RETURN(std::vector<double> s, SumOverRanks(comm, {nll, static_cast<double>(count)}));
+  ASSIGN_OR_RETURN(std::vector<double> s, comm.SumValues({nll, static_cast<double>(count)}));
   return std::make_pair(s[1] > 0 ? s[0] / s[1] : 0.0, static_cast<int64_t>(s[1]));
 }
 
