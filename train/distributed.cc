@@ -4,6 +4,9 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#if defined(LLAMA_MOE_WITH_CUDA)
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 #if defined(LLAMA_MOE_WITH_CUDA) && defined(USE_C10D_NCCL)
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
@@ -39,10 +42,11 @@ template <typename PG>
 class PgCommunicator : public Communicator {
  public:
   // `native_reduce_scatter`: the backend implements reduce_scatter (NCCL; not Gloo).
-  PgCommunicator(const DistEnv& env, const char* backend, c10::intrusive_ptr<c10d::Store> store,
+  PgCommunicator(const DistEnv& env, c10::Device device, const char* backend, c10::intrusive_ptr<c10d::Store> store,
                  c10::intrusive_ptr<PG> pg, bool native_reduce_scatter)
       : store_(std::move(store)), pg_(std::move(pg)), native_reduce_scatter_(native_reduce_scatter) {
     env_ = env;
+    device_ = device;
     backend_ = backend;
   }
 
@@ -121,7 +125,10 @@ class PgCommunicator : public Communicator {
 
 class SingleProcess : public Communicator {
  public:
-  explicit SingleProcess(const DistEnv& env) { env_ = env; }
+  SingleProcess(const DistEnv& env, c10::Device device) {
+    env_ = env;
+    device_ = device;
+  }
   absl::Status AllReduceSum(std::vector<at::Tensor>) override { return absl::OkStatus(); }
   absl::Status ReduceScatterSum(at::Tensor in, at::Tensor& out) override {
     out.copy_(in);
@@ -147,7 +154,26 @@ class SingleProcess : public Communicator {
   std::map<std::string, std::string> signals_;
 };
 
+#if defined(LLAMA_MOE_WITH_CUDA) && defined(USE_C10D_NCCL)
+// Makes a stuck or failed NCCL collective throw from wait() after the timeout, like Gloo's,
+// instead of the watchdog thread aborting the process. Values the user set win; both the current
+// (TORCH_NCCL_*) and the LibTorch 1.x names are set.
+void PreferNcclErrorsAsExceptions() {
+  for (const char* name : {"TORCH_NCCL_BLOCKING_WAIT", "NCCL_BLOCKING_WAIT"}) setenv(name, "1", /*overwrite=*/0);
+  for (const char* name : {"TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING"}) {
+    setenv(name, "0", /*overwrite=*/0);
+  }
+}
+#endif
+
 }  // namespace
+
+absl::StatusOr<std::vector<double>> Communicator::SumValues(const std::vector<double>& values) {
+  at::Tensor t = at::tensor(values, at::TensorOptions().dtype(at::kDouble)).to(device_);
+  if (absl::Status s = AllReduceSum({t}); !s.ok()) return s;
+  t = t.to(at::kCPU).contiguous();
+  return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+}
 
 absl::StatusOr<DistEnv> DistEnvFromEnvironment() {
   DistEnv env;
@@ -178,7 +204,24 @@ absl::StatusOr<DistEnv> DistEnvFromEnvironment() {
 
 absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Create(const DistEnv& env, c10::Device device,
                                                                    std::chrono::milliseconds timeout) {
-  if (env.world_size == 1) return std::unique_ptr<Communicator>(new SingleProcess(env));
+  if (device.is_cuda()) {
+#if defined(LLAMA_MOE_WITH_CUDA)
+    // This rank's GPU becomes the current device: NCCL's communicator and every allocation
+    // without an explicit index go there, not to GPU 0.
+    const int index = device.has_index() ? device.index() : env.local_rank;
+    try {
+      c10::cuda::set_device(static_cast<c10::DeviceIndex>(index));
+    } catch (const std::exception& e) {
+      std::string what = e.what();
+      return absl::InvalidArgumentError(absl::StrCat("rank ", env.rank, ": cannot use cuda:", index, " (LOCAL_RANK ",
+                                                     env.local_rank, "): ", what.substr(0, what.find('\n'))));
+    }
+    device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+#else
+    return absl::UnimplementedError("--device cuda needs a build against a CUDA LibTorch (LIBTORCH; see README)");
+#endif
+  }
+  if (env.world_size == 1) return std::unique_ptr<Communicator>(new SingleProcess(env, device));
   try {
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(env.master_port);
@@ -191,10 +234,12 @@ absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Create(const DistEnv
     auto store = c10::make_intrusive<c10d::PrefixStore>("llama_moe", tcp);
     if (device.is_cuda()) {
 #if defined(LLAMA_MOE_WITH_CUDA) && defined(USE_C10D_NCCL)
+      PreferNcclErrorsAsExceptions();
       auto opts = c10d::ProcessGroupNCCL::Options::create();
       opts->timeout = timeout;
       auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world_size, opts);
-      return std::unique_ptr<Communicator>(new PgCommunicator<c10d::ProcessGroupNCCL>(env, "nccl", store, pg, /*native_reduce_scatter=*/true));
+      return std::unique_ptr<Communicator>(
+          new PgCommunicator<c10d::ProcessGroupNCCL>(env, device, "nccl", store, pg, /*native_reduce_scatter=*/true));
 #else
       return absl::UnimplementedError("CUDA tensors need a LibTorch built with NCCL (set LIBTORCH to a CUDA LibTorch)");
 #endif
@@ -210,7 +255,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Create(const DistEnv
       opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     }
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, opts);
-    return std::unique_ptr<Communicator>(new PgCommunicator<c10d::ProcessGroupGloo>(env, "gloo", store, pg, /*native_reduce_scatter=*/false));
+    return std::unique_ptr<Communicator>(
+        new PgCommunicator<c10d::ProcessGroupGloo>(env, device, "gloo", store, pg, /*native_reduce_scatter=*/false));
   } catch (const std::exception& e) {
     std::string what = e.what();
     what = what.substr(0, what.find('\n'));

@@ -52,6 +52,12 @@ class Communicator {
   int rank() const { return env_.rank; }
   int world_size() const { return env_.world_size; }
   const char* backend() const { return backend_; }
+  // The device whose tensors the collectives take (NCCL: this rank's GPU).
+  c10::Device device() const { return device_; }
+
+  // Host values summed over ranks, through a float64 tensor on device() (NCCL takes no CPU
+  // tensors).
+  absl::StatusOr<std::vector<double>> SumValues(const std::vector<double>& values);
 
   // In-place sum across ranks of each tensor.
   virtual absl::Status AllReduceSum(std::vector<at::Tensor> tensors) = 0;
@@ -72,6 +78,7 @@ class Communicator {
  protected:
   DistEnv env_;
   const char* backend_ = "none";
+  c10::Device device_ = c10::Device(c10::kCPU);
 };
 
 }  // namespace llama_moe
