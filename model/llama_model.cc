@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "model/safetensors.h"
+#include "model/torch_features.h"
 #include "model/status_macros.h"
 
 namespace llama_moe {
@@ -90,6 +91,16 @@ at::Tensor LlamaAttention::forward(const at::Tensor& x, const AttentionContext& 
   k = ApplyRope(k, ctx.rope);
   if (ctx.cache != nullptr) std::tie(k, v) = ctx.cache->Update(layer_, k, v);  // [B,kv,S,D]
   const int64_t s = k.size(2);
+#if LLAMA_MOE_HAS_SDPA_GQA
+  // On a GPU the fused kernel: no float32 scores or probabilities in memory, grouped-query heads
+  // read their kv head without copies. The mask is the same additive bias in the compute dtype.
+  if (x.is_cuda()) {
+    const at::Tensor mask = ctx.mask_bias.squeeze(2).to(q.scalar_type());  // [B,1,T,S]
+    const at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0, /*is_causal=*/false,
+                                                            /*scale=*/std::nullopt, /*enable_gqa=*/true);
+    return o_proj_->forward(out.transpose(1, 2).reshape({b, t, heads_ * head_dim_}));
+  }
+#endif
   // Query head h = kv * group + g reads kv head h / group: group the query heads per kv head
   // instead of repeating K and V `group` times.
   const at::Tensor qg = q.reshape({b, kv_heads_, group * t, head_dim_});
