@@ -3,7 +3,12 @@
 LIBTORCH (an environment variable) names a LibTorch root holding include/ and lib/: an unpacked
 libtorch zip, or the `torch` folder of a PyTorch wheel (python -c 'import torch,os;
 print(os.path.dirname(torch.__file__))'). Unset, Debian's libtorch-dev under /usr is used.
-A root whose lib/ holds libtorch_cuda.so builds with CUDA (and defines LLAMA_MOE_WITH_CUDA).
+A root whose lib/ holds libtorch_cuda.so builds with CUDA: LLAMA_MOE_WITH_CUDA and USE_C10D_NCCL
+(the NCCL communicator) are defined and the CUDA toolkit's include folder is added.
+
+--config=cuda_compile (.bazelrc) compiles the same CUDA branches against a CPU LibTorch's headers
+and the CUDA/NCCL headers of the toolkit on the PATH (nvcc's prefix, or CUDA_HOME): compile only,
+since nothing here can link or run them (tools/cuda_compile_check.sh).
 """
 
 _DEBIAN_INCLUDE = "/usr/include"
@@ -46,7 +51,29 @@ def _libtorch_impl(ctx):
 
     defines = []
     if cuda:
-        defines.append("LLAMA_MOE_WITH_CUDA")
+        defines += ["LLAMA_MOE_WITH_CUDA", "USE_C10D_NCCL"]
+
+    # The CUDA toolkit's headers (cuda_runtime_api.h, nccl.h), for CUDA builds and the compile check.
+    cuda_include = ""
+    cuda_home = ctx.os.environ.get("CUDA_HOME", "")
+    if not cuda_home:
+        nvcc = ctx.which("nvcc")
+        if nvcc:
+            cuda_home = str(nvcc.dirname.dirname)
+    if cuda_home and ctx.path(cuda_home + "/include/cuda_runtime_api.h").exists:
+        ctx.symlink(cuda_home + "/include", "cuda/include")
+        cuda_include = "cuda/include"
+    # Debian's libtorch-dev lacks one generated header of c10's CUDA library; its one definition
+    # (shared-library linkage) is supplied for the compile check when the real one is absent.
+    if not ctx.path(include + "/c10/cuda/impl/cuda_cmake_macros.h").exists:
+        ctx.file("cuda_stand_in/c10/cuda/impl/cuda_cmake_macros.h",
+                 "#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    else:
+        ctx.file("cuda_stand_in/README", "The real c10/cuda/impl/cuda_cmake_macros.h is present.\n")
+    if cuda and not cuda_include:
+        fail("LibTorch at %s is a CUDA build, but no CUDA toolkit was found (nvcc on PATH, or CUDA_HOME)" % root)
+    if not cuda_include:
+        ctx.file("cuda/include/README", "No CUDA toolkit was found (nvcc on PATH, or CUDA_HOME).\n")
 
     # Match the C++ ABI the library was built with (PyTorch wheels before 2.7 used the old ABI;
     # Debian's Abseil, GoogleTest and protobuf use the new one, so such a LibTorch cannot mix).
@@ -60,19 +87,44 @@ def _libtorch_impl(ctx):
     ctx.file("BUILD", """
 package(default_visibility = ["//visibility:public"])
 
+config_setting(
+    name = "cuda_compile",
+    define_values = {{"llama_moe_cuda_compile": "1"}},
+)
+
 cc_library(
     name = "libtorch",
     hdrs = glob(["include/**"]),
     includes = ["include", "include/torch/csrc/api/include"],
     defines = {defines},
     linkopts = {linkopts},
+    deps = {cuda_deps} + select({{
+        ":cuda_compile": [":cuda_compile_headers"],
+        "//conditions:default": [],
+    }}),
 )
-""".format(defines = repr(defines), linkopts = repr(linkopts)))
+
+# The CUDA toolkit's headers.
+cc_library(
+    name = "cuda_headers",
+    hdrs = glob(["cuda/include/**"]),
+    includes = ["cuda/include"],
+)
+
+# The CUDA branches' headers and definitions for --config=cuda_compile.
+cc_library(
+    name = "cuda_compile_headers",
+    hdrs = glob(["cuda_stand_in/**"]),
+    includes = ["cuda_stand_in"],
+    defines = ["LLAMA_MOE_WITH_CUDA", "USE_C10D_NCCL"],
+    deps = [":cuda_headers"],
+)
+""".format(defines = repr(defines), linkopts = repr(linkopts), cuda_deps = repr([":cuda_headers"] if cuda else [])))
     ctx.file("WORKSPACE", "workspace(name = \"libtorch\")\n")
     ctx.file("info.bzl", "LIBTORCH_ROOT = %r\nLIBTORCH_CUDA = %s\n" % (root or "/usr", "True" if cuda else "False"))
 
 libtorch_repository = repository_rule(
     implementation = _libtorch_impl,
-    environ = ["LIBTORCH"],
+    environ = ["LIBTORCH", "CUDA_HOME", "PATH"],
     local = True,
 )
