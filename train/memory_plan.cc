@@ -13,6 +13,7 @@
 #include "train/trainable.h"
 
 #if defined(LLAMA_MOE_WITH_CUDA)
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <cuda_runtime_api.h>
 #endif
 
@@ -113,6 +114,22 @@ int64_t ResidentBytes() {
   int64_t size = 0, resident = 0;
   statm >> size >> resident;
   return resident * static_cast<int64_t>(::sysconf(_SC_PAGESIZE));
+}
+
+absl::StatusOr<int64_t> PeakDeviceBytes(int device_index) {
+#if defined(LLAMA_MOE_WITH_CUDA)
+  try {
+    // allocated_bytes[0] is the aggregate over the small and large pools (StatType::AGGREGATE,
+    // whose namespace moved between LibTorch 1.x and 2.x).
+    return static_cast<int64_t>(c10::cuda::CUDACachingAllocator::getDeviceStats(device_index).allocated_bytes[0].peak);
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    return absl::UnavailableError(absl::StrCat("cannot read the memory statistics of cuda:", device_index, ": ",
+                                               what.substr(0, what.find('\n'))));
+  }
+#else
+  return absl::UnimplementedError(absl::StrCat("cuda:", device_index, ": GPU memory needs a CUDA build of LibTorch"));
+#endif
 }
 
 absl::StatusOr<int64_t> AvailableMemory(bool cuda, int device_index, int ranks_per_host) {

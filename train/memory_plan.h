@@ -60,6 +60,10 @@ MemoryPlan PlanTrainingMemory(const LlamaConfig& cfg, const std::optional<MoeCon
 // This process's resident set now, in bytes.
 int64_t ResidentBytes();
 
+// The most memory the caching allocator of GPU `device_index` has held in tensors since the process
+// started (what the plan's peak predicts on a GPU); an error without a CUDA build.
+absl::StatusOr<int64_t> PeakDeviceBytes(int device_index);
+
 // Memory one rank may use: on the CPU the host's available memory shared by `ranks_per_host`
 // ranks; on a GPU the device's free memory.
 absl::StatusOr<int64_t> AvailableMemory(bool cuda, int device_index, int ranks_per_host);

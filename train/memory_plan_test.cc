@@ -60,5 +60,14 @@ TEST(MemoryPlanTest, ARunThatDoesNotFitNamesTheKnobs) {
   }
 }
 
+#if !defined(LLAMA_MOE_WITH_CUDA)
+TEST(MemoryPlanTest, GpuMemoryWithoutACudaBuildIsAClearError) {
+  const absl::StatusOr<int64_t> peak = PeakDeviceBytes(0);
+  ASSERT_FALSE(peak.ok());
+  EXPECT_NE(std::string(peak.status().message()).find("cuda:0: GPU memory needs a CUDA build"), std::string::npos);
+  EXPECT_FALSE(AvailableMemory(/*cuda=*/true, 0, 1).ok());
+}
+#endif
+
 }  // namespace
 }  // namespace llama_moe

@@ -57,11 +57,13 @@ absl::Status Run() {
   }
   if (run.env.rank == 0) std::fprintf(stderr, "memory plan per rank:\n%s", r.plan.c_str());
   if (run.env.rank == 0 || run.env.world_size > 1) {
-    std::printf("rank %d: steps %lld..%lld, %.0f tokens/s, held-out loss %.4f, optimizer state %.1f MB, peak RSS %.1f MB, "
+    const std::string device_peak =
+        r.peak_device_bytes > 0 ? absl::StrFormat(", peak device memory %d bytes", r.peak_device_bytes) : "";
+    std::printf("rank %d: steps %lld..%lld, %.0f tokens/s, held-out loss %.4f, optimizer state %.1f MB, peak RSS %.1f MB%s, "
                 "router bias checksum %.17g, checkpoint %s\n",
                 run.env.rank, static_cast<long long>(r.first_step), static_cast<long long>(r.last_step),
                 r.tokens_per_second, r.heldout_loss, r.optimizer_state_bytes / 1e6, r.peak_rss_bytes / 1e6,
-                r.router_bias_checksum, r.final_checkpoint.c_str());
+                device_peak.c_str(), r.router_bias_checksum, r.final_checkpoint.c_str());
   }
   return absl::OkStatus();
 }

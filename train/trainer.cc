@@ -396,6 +396,10 @@ void Summarize(TrainingRun& t, double seconds, TrainResult& result) {
   result.tokens_per_second = seconds > 0 ? t.tokens_per_step * (t.step - result.first_step) / seconds : 0;
   result.optimizer_state_bytes = t.opt->state_bytes();
   result.peak_rss_bytes = PeakRssBytes();
+  if (t.device.is_cuda()) {
+    absl::StatusOr<int64_t> peak = PeakDeviceBytes(t.device.has_index() ? t.device.index() : 0);
+    if (peak.ok()) result.peak_device_bytes = *peak;
+  }
   for (size_t l = 0; l < t.loaded.moe_layers.size(); ++l) {
     const at::Tensor state = t.router(l).balance_state();
     if (!state.defined()) continue;

@@ -54,6 +54,7 @@ struct TrainResult {
   double tokens_per_second = 0;      // training throughput of this run, all ranks
   int64_t optimizer_state_bytes = 0; // this rank
   int64_t peak_rss_bytes = 0;        // this process
+  int64_t peak_device_bytes = 0;     // this rank's GPU (tensors held by the caching allocator); 0 on the CPU
   std::string final_checkpoint;      // output_dir/step-NNNNNN
   std::string plan;                  // the memory plan per rank (MemoryPlan::Report)
 };
