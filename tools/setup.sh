@@ -14,6 +14,7 @@ APT_PACKAGES=(
   protobuf-compiler libprotobuf-dev
   nlohmann-json3-dev libpcre2-dev libssl-dev
   python3-matplotlib
+  cmake ninja-build ccache
 )
 # Node.js and npm: this image ships them (node 20); Debian's nodejs conflicts with that npm.
 command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
