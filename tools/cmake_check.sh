@@ -12,7 +12,9 @@ python3 tools/gen_cmake.py --check
 build="${1:-build-cmake}"
 launcher=()
 if command -v ccache >/dev/null; then
+  # BASEDIR makes paths relative in the cache key, so clones in other folders share the cache.
   export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/llama-moe-cc/ccache}" CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-5G}"
+  export CCACHE_BASEDIR="$PWD"
   launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 fi
 mkdir -p "$build"
