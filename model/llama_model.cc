@@ -13,8 +13,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "model/safetensors.h"
-#include "model/torch_features.h"
 #include "model/status_macros.h"
+#include "model/torch_features.h"
 
 namespace llama_moe {
 namespace {

@@ -61,8 +61,8 @@ class ExpertStack : public torch::nn::Module {
 
 // Per-layer routing statistics accumulated since the last TakeRoutingStats(). They stay on the
 // layer's device: a forward pass never waits for the host to read them (on a GPU a per-layer read
-// would be a synchronisation in every layer of every step); RoutingSummaries() reads all layers in
-// one copy.
+// would be a synchronisation in every layer of every step); TakeRoutingSummaries() reads all
+// layers in one copy.
 struct RoutingStats {
   at::Tensor load;         // [E] int64 on the layer's device: (token, slot) pairs routed to each expert
   at::Tensor entropy_sum;  // float64 scalar on the layer's device: sum over tokens of the score entropy (nats)
