@@ -269,7 +269,13 @@ if(LLAMA_MOE_DEPS_PREFIX)
   find_program(LM_PROTOC protoc HINTS ${LLAMA_MOE_DEPS_PREFIX}/usr/bin NO_DEFAULT_PATH)
 endif()
 find_program(LM_PROTOC protoc REQUIRED)
-# TORCH_CXX_FLAGS carries the C++ ABI LibTorch was built with.
+# TORCH_CXX_FLAGS carries the C++ ABI LibTorch was built with; Debian's Abseil, protobuf and
+# GoogleTest use the new one.
+if(TORCH_CXX_FLAGS MATCHES "_GLIBCXX_USE_CXX11_ABI=0")
+  message(FATAL_ERROR "LibTorch at ${TORCH_INSTALL_PREFIX} is built with the old C++ ABI "
+    "(_GLIBCXX_USE_CXX11_ABI=0, as PyTorch wheels before 2.7 are); Abseil, protobuf and GoogleTest "
+    "use the new one. Use a LibTorch built with the cxx11 ABI (a wheel >= 2.7, or the cxx11-ABI libtorch zip).")
+endif()
 set(CMAKE_CXX_FLAGS "${CMAKE_CXX_FLAGS} ${TORCH_CXX_FLAGS}")
 # The libraries of a CUDA LibTorch: the CUDA branches and the NCCL communicator are compiled in.
 if(EXISTS ${TORCH_INSTALL_PREFIX}/lib/libtorch_cuda.so)

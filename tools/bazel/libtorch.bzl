@@ -80,9 +80,13 @@ def _libtorch_impl(ctx):
     cfg = ctx.path(root + "/share/cmake/Torch/TorchConfig.cmake") if root else None
     if cfg and cfg.exists:
         text = ctx.read(cfg)
-        for v in ["0", "1"]:
-            if "_GLIBCXX_USE_CXX11_ABI=" + v in text:
-                defines.append("_GLIBCXX_USE_CXX11_ABI=" + v)
+        if "_GLIBCXX_USE_CXX11_ABI=0" in text:
+            fail(("LibTorch at %s is built with the old C++ ABI (_GLIBCXX_USE_CXX11_ABI=0, as PyTorch " +
+                  "wheels before 2.7 are); Debian's Abseil, protobuf and GoogleTest use the new one, so " +
+                  "they cannot link together. Use a LibTorch built with the cxx11 ABI (a wheel >= 2.7, " +
+                  "or the cxx11-ABI libtorch zip).") % root)
+        if "_GLIBCXX_USE_CXX11_ABI=1" in text:
+            defines.append("_GLIBCXX_USE_CXX11_ABI=1")
 
     ctx.file("BUILD", """
 package(default_visibility = ["//visibility:public"])
