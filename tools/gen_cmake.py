@@ -9,9 +9,9 @@ of the system libraries (@system, @com_google_protobuf), and emits one CMakeList
 targets are named after their labels (//moe:dispatch -> moe__dispatch). --check writes nothing
 and exits 1 when the committed CMakeLists.txt differs from what the BUILD files give (CI runs it).
 
-What CMake cannot take over is skipped and listed at the top of the output: tests whose data comes
-from a genrule other than the header-examples one, and sh_tests (their scripts call Bazel-built
-binaries through runfiles).
+What CMake cannot take over stays Bazel-only: C++ tests whose data comes from a genrule other than
+the header-examples one (listed at the top of the output), and the sh_tests, whose scripts find
+Bazel-built binaries through runfiles (not queried).
 """
 import os
 import subprocess
