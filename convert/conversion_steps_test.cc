@@ -54,6 +54,38 @@ TEST(PartitionTest, EveryStrategyPartitionsTheDenseFfn) {
   EXPECT_TRUE(at::equal(again.up, shuffled.up));
 }
 
+TEST(PartitionTest, CoactivationClustersGroupNeuronsThatFireTogetherInEqualGroups) {
+  // 12 neurons, 3 groups: neurons n % 3 == g fire on tokens [10g, 10g + 10) (with noise), so
+  // the groups must be {0,3,6,9}, {1,4,7,10}, {2,5,8,11}.
+  at::manual_seed(1);
+  const int64_t I = 12, E = 3, N = 30;
+  at::Tensor acts = 0.05 * at::rand({I, N}, at::kDouble);
+  for (int64_t n = 0; n < I; ++n) acts[n].slice(0, 10 * (n % 3), 10 * (n % 3) + 10) += 1.0 + at::rand({10}, at::kDouble);
+  for (int seed = 0; seed < 4; ++seed) {
+    const at::Tensor order = CoactivationOrder(acts, E, ConversionStream(seed, 0, StreamPurpose::kPermutation));
+    EXPECT_TRUE(at::equal(order, at::tensor({0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11}, at::kLong))) << order;
+  }
+  // Balanced even when the data favour one group: every neuron fires on the same tokens.
+  const at::Tensor same = at::ones({I, N}, at::kDouble) + 1e-3 * at::rand({I, N}, at::kDouble);
+  const at::Tensor order = CoactivationOrder(same, 4, ConversionStream(5, 2, StreamPurpose::kPermutation));
+  EXPECT_TRUE(at::equal(std::get<0>(order.sort()), at::arange(I, at::kLong)));  // a permutation
+  // Neurons that never fire (zero rows) still get a place.
+  const at::Tensor silent = at::zeros({I, N}, at::kDouble);
+  EXPECT_TRUE(at::equal(std::get<0>(CoactivationOrder(silent, E, ConversionStream(0, 0, StreamPurpose::kPermutation))
+                                        .sort()),
+                        at::arange(I, at::kLong)));
+  // The partition keeps the experts' sum equal to the dense FFN, and is the same for the same stream.
+  const DenseFfnWeights ffn = RandomFfn(I, 8);
+  const at::Tensor x = at::randn({5, 8}, at::kDouble);
+  const ExpertStackWeights clustered =
+      PartitionCoactivationClusters(ffn, E, acts, ConversionStream(3, 0, StreamPurpose::kPermutation));
+  EXPECT_EQ(clustered.gate.sizes(), at::IntArrayRef({3, 4, 8}));
+  EXPECT_TRUE(at::equal(clustered.gate[1], ffn.gate.index_select(0, at::tensor({1, 4, 7, 10}, at::kLong))));
+  EXPECT_LT((SumOfExperts(clustered, x) - DenseForward(ffn, x)).abs().max().item<double>(), 1e-10);
+  // Groups that cannot be equal are refused.
+  EXPECT_THROW(CoactivationOrder(acts, 5, ConversionStream(0, 0, StreamPurpose::kPermutation)), c10::Error);
+}
+
 TEST(LearnedInitTest, NoisySliceCopiesAndPerturbs) {
   at::manual_seed(1);
   const at::Tensor frozen = at::randn({2, 4, 8});

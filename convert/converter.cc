@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "convert/learned_init.h"
+#include "convert/calibration.h"
 #include "convert/partition.h"
 #include "convert/recipe.h"
 #include "convert/router_init.h"
@@ -74,9 +75,16 @@ class SourceHashes {
 // byte counts of what went through.
 class Conversion {
  public:
+  // `activations`: per layer, the calibration statistics a data-driven partition needs (else empty).
   Conversion(const Checkpoint& in, const ConversionRecipe& recipe, const MoeConfig& moe, DType out_dtype,
-             ModelWriter& out, ConvertStats& stats)
-      : in_(in), recipe_(recipe), moe_(moe), out_type_(ToScalarType(out_dtype)), out_(out), stats_(stats) {}
+             ModelWriter& out, ConvertStats& stats, const std::vector<at::Tensor>& activations)
+      : in_(in),
+        recipe_(recipe),
+        moe_(moe),
+        out_type_(ToScalarType(out_dtype)),
+        out_(out),
+        stats_(stats),
+        activations_(activations) {}
 
   // A tensor that the conversion keeps as it is (embeddings, attention, norms, head).
   absl::Status Copy(const std::string& name) {
@@ -94,7 +102,9 @@ class Conversion {
     for (int k = 0; k < 3; ++k) {
       ASSIGN_OR_RETURN(*parts[k], Read(DenseFfnName(layer, kFfnProjections[k])));
     }
-    const ExpertStackWeights frozen = PartitionNeurons(dense, moe_.num_frozen_experts, recipe_, layer);
+    const ExpertStackWeights frozen =
+        PartitionNeurons(dense, moe_.num_frozen_experts, recipe_, layer,
+                         activations_.empty() ? at::Tensor() : activations_.at(static_cast<size_t>(layer)));
     const at::Tensor stacks[3] = {frozen.gate, frozen.up, frozen.down};
     for (int k = 0; k < 3; ++k) {
       RETURN_IF_ERROR(Write(ExpertTensorName(layer, kFrozenExperts, kFfnProjections[k]), stacks[k]));
@@ -129,6 +139,7 @@ class Conversion {
   const at::ScalarType out_type_;
   ModelWriter& out_;
   ConvertStats& stats_;
+  const std::vector<at::Tensor>& activations_;
 };
 
 }  // namespace
@@ -179,6 +190,14 @@ absl::StatusOr<ConvertStats> ConvertDenseToMoe(const ConvertOptions& o) {
   out_cfg.torch_dtype = std::string(TorchDTypeName(out_dtype));
   SetMoeConfig(moe, &out_cfg);
   if (cancelled()) return kCancelled;
+  std::vector<at::Tensor> activations;
+  if (recipe.partition() == ConversionRecipe::COACTIVATION_CLUSTERS) {
+    log(absl::StrFormat("calibration: up to %d tokens of %s through the dense model", recipe.calibration_tokens(),
+                        recipe.calibration_text()));
+    ASSIGN_OR_RETURN(activations, NeuronActivations(o.input_dir, recipe.calibration_text(), recipe.calibration_tokens()),
+                     "partition COACTIVATION_CLUSTERS");
+    if (cancelled()) return kCancelled;
+  }
 
   std::vector<std::string> shard_paths;
   for (const auto& shard : in->shards()) shard_paths.push_back(shard->path());
@@ -196,7 +215,7 @@ absl::StatusOr<ConvertStats> ConvertDenseToMoe(const ConvertOptions& o) {
                       moe.num_learned_experts, moe.expert_intermediate_size, moe.top_k, DTypeName(out_dtype)));
 
   // Every tensor outside the FFNs as it is, then the FFNs layer by layer.
-  Conversion conversion(*in, recipe, moe, out_dtype, *w, stats);
+  Conversion conversion(*in, recipe, moe, out_dtype, *w, stats, activations);
   try {
     for (const TensorSpec& s : LlamaTensorSpecs(cfg, out_dtype, /*ffn=*/[](int64_t) { return std::vector<TensorSpec>(); })) {
       if (cancelled()) return kCancelled;

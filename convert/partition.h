@@ -36,9 +36,19 @@ ExpertStackWeights PartitionContiguous(const DenseFfnWeights& ffn, int64_t num_e
 // A seeded random permutation of the neurons, then contiguous slices of it.
 ExpertStackWeights PartitionRandomPermutation(const DenseFfnWeights& ffn, int64_t num_experts, at::Generator gen);
 
-// The recipe's partition of layer `layer` into `num_experts` slices.
+// The neurons grouped by co-activation: balanced k-means (exactly I/num_experts neurons per group)
+// over the rows of `activations` [I,N] (each neuron's activation magnitudes on N calibration
+// tokens), compared by cosine similarity; groups ordered by their lowest neuron, each ascending.
+// Returns the order [I] int64; the seed picks the first starting neuron (farthest-point starts
+// follow), the rest is deterministic.
+at::Tensor CoactivationOrder(const at::Tensor& activations, int64_t num_experts, at::Generator gen);
+ExpertStackWeights PartitionCoactivationClusters(const DenseFfnWeights& ffn, int64_t num_experts,
+                                                 const at::Tensor& activations, at::Generator gen);
+
+// The recipe's partition of layer `layer` into `num_experts` slices. `activations` ([I,N], the
+// layer's calibration statistics) is needed by COACTIVATION_CLUSTERS and ignored otherwise.
 ExpertStackWeights PartitionNeurons(const DenseFfnWeights& ffn, int64_t num_experts, const ConversionRecipe& recipe,
-                                    int64_t layer);
+                                    int64_t layer, const at::Tensor& activations = {});
 
 }  // namespace llama_moe
 

@@ -107,6 +107,13 @@ absl::StatusOr<MoeConfig> ResolveRecipe(const LlamaConfig& dense, ConversionReci
                             ConversionRecipe::LearnedInit_Name(r->learned_init()), " with noise_scale ",
                             r->noise_scale()));
   }
+  if (r->partition() == ConversionRecipe::COACTIVATION_CLUSTERS) {
+    if (r->calibration_text().empty()) return bad("partition COACTIVATION_CLUSTERS needs calibration_text");
+    if (r->calibration_tokens() < r->num_frozen_experts() || r->calibration_tokens() > (1 << 16)) {
+      return bad(absl::StrCat("calibration_tokens must be in [num_frozen_experts = ", r->num_frozen_experts(),
+                              ", 65536], got ", r->calibration_tokens()));
+    }
+  }
   if (r->max_shard_bytes() < 1) return bad("max_shard_bytes must be positive");
   if (!r->dtype().empty() && r->dtype() != "float32" && r->dtype() != "bfloat16" && r->dtype() != "float16") {
     return bad(absl::StrCat("dtype '", r->dtype(), "' is not float32, bfloat16 or float16"));
