@@ -82,6 +82,8 @@ class Generator:
         self.rules = rules
         self.lines = []
         self.skipped = []
+        self.declared_externals = set()
+        self.external_lines = []
         self.generated_files = {canonical(o) for kind, a in rules.values() if kind == "genrule"
                                 for o in a.get("outs", [])}
 
@@ -98,19 +100,33 @@ class Generator:
             defines += [x for x in df if x not in defines]
         return links, defines
 
+    def external_target(self, label):
+        """The INTERFACE target standing for an external library (its link flags and definitions,
+        written once), declared on first use."""
+        label = canonical(label)
+        if label == "@libtorch//:libtorch":
+            return "${TORCH_LIBRARIES}"
+        repo, _, rest = label.partition("//")
+        name = f"ext_{repo.strip('@')}_{rest.partition(':')[2]}"  # @system//:absl -> ext_system_absl
+        if name not in self.declared_externals:
+            self.declared_externals.add(name)
+            links, defines = self.external(label)
+            body = [f"add_library({name} INTERFACE)"]
+            if links:
+                body.append(f"target_link_libraries({name} INTERFACE{cmake_list(links)})")
+            if defines:
+                body.append(f"target_compile_definitions({name} INTERFACE {' '.join(sorted(set(defines)))})")
+            self.external_lines.append("\n" + "\n".join(body) + "\n")
+        return name
+
     def deps_of(self, a):
-        targets, links, defines, benchmark = [], [], [], False
+        targets, benchmark = [], False
         for d in a.get("deps", []):
             d = canonical(d)
             if d in BENCHMARK_LIBS:
                 benchmark = True
-            if d.startswith("@"):
-                l, df = self.external(d)
-                links += l
-                defines += df
-            else:
-                targets.append(target_name(d))
-        return targets, links, defines, benchmark
+            targets.append(self.external_target(d) if d.startswith("@") else target_name(d))
+        return targets, benchmark
 
     def sources(self, a, keys=("srcs", "hdrs")):
         out = []
@@ -142,7 +158,7 @@ add_custom_command(
   DEPENDS{''.join(' ${CMAKE_SOURCE_DIR}/' + p for p in protos)}
   COMMENT "protoc {' '.join(protos)}")
 add_library({name} STATIC{cmake_list([o for o in outs if o.endswith('.cc')])})
-target_link_libraries({name} PUBLIC {' '.join(self.external('@com_google_protobuf//:protobuf')[0])})
+target_link_libraries({name} PUBLIC {self.external_target('@com_google_protobuf//:protobuf')})
 """)
 
     def emit_genrule(self, label, a):
@@ -163,9 +179,9 @@ add_custom_command(
 
     def emit_cc(self, label, kind, a, supported_genrules):
         name = target_name(label)
-        targets, links, defines, benchmark = self.deps_of(a)
-        links = list(a.get("linkopts", [])) + links
-        defines = list(a.get("defines", [])) + defines
+        targets, benchmark = self.deps_of(a)
+        links = list(a.get("linkopts", []))
+        defines = list(a.get("defines", []))
         srcs = [s for s in self.sources(a) if s.endswith((".cc", ".h", ".hpp", ".inc"))]
         copts = a.get("copts", [])
         for d in a.get("data", []):
@@ -235,7 +251,8 @@ add_custom_command(
         head = HEADER
         if self.skipped:
             head += "\n# Not built here (Bazel only):\n" + "".join(f"#   {s}\n" for s in self.skipped)
-        return head + "".join(self.lines)
+        # The system libraries first: their INTERFACE targets carry the link flags once.
+        return head + "".join(self.external_lines) + "".join(self.lines)
 
 
 HEADER = """\
