@@ -177,7 +177,19 @@ add_custom_command(
 """)
         return True
 
+    def needs_llama_cpp(self, label):
+        """Whether a project target depends on @llama_cpp, which tools/setup.sh unpacks for Bazel."""
+        label = canonical(label)
+        if label.startswith("@llama_cpp"):
+            return True
+        if label.startswith("@") or label not in self.rules:
+            return False
+        return any(self.needs_llama_cpp(d) for d in self.rules[label][1].get("deps", []))
+
     def emit_cc(self, label, kind, a, supported_genrules):
+        if self.needs_llama_cpp(label):
+            self.skipped.append(f"{label}: it links llama.cpp's npm libraries (@llama_cpp)")
+            return
         name = target_name(label)
         targets, benchmark = self.deps_of(a)
         links = list(a.get("linkopts", []))

@@ -51,4 +51,23 @@ if ((need_npm)); then
    [ -f package.json ] || echo '{"name":"llama-moe-cc-data","private":true}' > package.json
    npm install --no-audit --no-fund --loglevel=error "${NPM_PACKAGES[@]}")
 fi
+# llama.cpp, the engine exports are checked against and benchmarked with: node-llama-cpp's prebuilt
+# CPU libraries (the linux-x64 package only, not its CUDA or Vulkan builds), and llama.h and the
+# ggml headers from the exact source they were built from, a git bundle inside node-llama-cpp.
+LLAMA_CPP_VERSION=3.21.1
+if [ ! -f tools/npm/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so ]; then
+  echo "setup: npm install @node-llama-cpp/linux-x64@${LLAMA_CPP_VERSION}"
+  (cd tools/npm && npm install --no-audit --no-fund --loglevel=error "@node-llama-cpp/linux-x64@${LLAMA_CPP_VERSION}")
+fi
+if [ ! -f tools/npm/llama_cpp_headers/include/llama.h ]; then
+  echo "setup: llama.cpp headers from node-llama-cpp@${LLAMA_CPP_VERSION}"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "node-llama-cpp@${LLAMA_CPP_VERSION}" >/dev/null &&
+   tar xzf "node-llama-cpp-${LLAMA_CPP_VERSION}.tgz" package/llama/gitRelease.bundle &&
+   git clone -q --no-checkout package/llama/gitRelease.bundle src)
+  rm -rf tools/npm/llama_cpp_headers.partial && mkdir -p tools/npm/llama_cpp_headers.partial
+  git -C "$tmp/src" archive HEAD include ggml/include | tar -x -C tools/npm/llama_cpp_headers.partial
+  mv tools/npm/llama_cpp_headers.partial tools/npm/llama_cpp_headers
+  rm -rf "$tmp"
+fi
 echo "setup: ok"
