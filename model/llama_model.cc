@@ -326,7 +326,8 @@ absl::StatusOr<c10::ScalarType> ResolveComputeDType(const LlamaConfig& cfg, std:
 }
 
 absl::Status LoadParameters(torch::nn::Module& module, const Checkpoint& ckpt,
-                            const std::vector<std::string>& ignored, bool release_pages, bool map_weights) {
+                            const std::vector<std::string>& ignored, bool release_pages, bool map_weights,
+                            const TensorRemap& remap) {
   try {
     c10::AutoGradMode no_grad(false);
     std::set<std::string> taken(ignored.begin(), ignored.end());
@@ -338,6 +339,18 @@ absl::Status LoadParameters(torch::nn::Module& module, const Checkpoint& ckpt,
     for (auto& item : tensors) {
       const std::string& name = item.first;
       at::Tensor& param = item.second;
+      if (remap) {
+        ASSIGN_OR_RETURN(std::optional<at::Tensor> value, remap(name), absl::StrCat("checkpoint '", ckpt.dir(), "'"));
+        if (value.has_value()) {
+          if (value->sizes() != param.sizes()) {
+            return absl::InvalidArgumentError(absl::StrCat("checkpoint '", ckpt.dir(), "': '", name, "' is assembled as ",
+                                                           TensorShapeString(*value), ", expected ",
+                                                           TensorShapeString(param)));
+          }
+          param.copy_(*value);
+          continue;
+        }
+      }
       if (!ckpt.Has(name)) {
         return absl::NotFoundError(absl::StrCat("checkpoint '", ckpt.dir(), "' has no tensor '", name,
                                                 "' (expected shape ", TensorShapeString(param), ")"));
@@ -397,7 +410,7 @@ absl::StatusOr<std::shared_ptr<LlamaForCausalLM>> LoadLlamaForCausalLM(
   }
   if (cfg.tie_word_embeddings) ignored.push_back("lm_head.weight");
   ignored.insert(ignored.end(), options.served_elsewhere.begin(), options.served_elsewhere.end());
-  RETURN_IF_ERROR(LoadParameters(*model, ckpt, ignored, options.release_pages, options.map_weights));
+  RETURN_IF_ERROR(LoadParameters(*model, ckpt, ignored, options.release_pages, options.map_weights, options.remap));
   return model;
 }
 

@@ -138,6 +138,8 @@ struct ForwardOptions {
   bool checkpoint_layers = false;
 };
 
+using TensorRemap = std::function<absl::StatusOr<std::optional<at::Tensor>>(const std::string& name)>;
+
 struct LlamaLoadOptions {
   // Compute dtype (float32 or bfloat16); unset: the checkpoint's torch_dtype (float16
   // checkpoints compute in float32: CPU float16 matmul is not supported).
@@ -155,6 +157,11 @@ struct LlamaLoadOptions {
   // evictable page cache, so a model larger than RAM runs (at disk speed), and one that fits
   // loads at once.
   bool map_weights = false;
+  // A checkpoint that stores some parameters under other names or split differently (a Mixtral
+  // directory's per-expert matrices for an MoE layer's expert stacks): given a parameter's name,
+  // `remap` returns its value, or nullopt to read the name from the checkpoint. Checkpoint tensors
+  // it reads are listed in `served_elsewhere`.
+  TensorRemap remap;
 };
 
 // The embedding and decoder stack, registered as "model" in LlamaForCausalLM.
@@ -216,9 +223,10 @@ absl::StatusOr<c10::ScalarType> ResolveComputeDType(const LlamaConfig& cfg, std:
 // names. With `release_pages`, each tensor's file pages are dropped after its copy; with
 // `map_weights`, CPU tensors stored in their parameter's dtype are mapped, not copied (see
 // LlamaLoadOptions).
+// A `remap` (see LlamaLoadOptions) supplies the parameters the checkpoint stores differently.
 absl::Status LoadParameters(torch::nn::Module& module, const Checkpoint& ckpt,
                             const std::vector<std::string>& ignored = {}, bool release_pages = false,
-                            bool map_weights = false);
+                            bool map_weights = false, const TensorRemap& remap = nullptr);
 
 absl::StatusOr<std::shared_ptr<LlamaForCausalLM>> LoadLlamaForCausalLM(
     const Checkpoint& ckpt, const LlamaConfig& cfg, const LlamaLoadOptions& options);

@@ -1,10 +1,72 @@
 #include "moe/moe_model.h"
 
+#include <ATen/ATen.h>
+
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "model/checkpoint.h"
+#include "model/json_util.h"
 #include "model/status_macros.h"
+#include "moe/moe_layout.h"
 
 namespace llama_moe {
+namespace {
+
+std::string MixtralName(int64_t layer, absl::string_view rest) {
+  return absl::StrCat("model.layers.", layer, ".block_sparse_moe.", rest);
+}
+
+// A Mixtral directory as this project's MoE: every expert a frozen one (Nf = E, Nl = 0), the
+// config's intermediate_size the expert size, softmax top-k renormalised, no gate scale.
+absl::StatusOr<MoeConfig> MixtralMoeConfig(const std::string& dir, LlamaConfig* cfg) {
+  const std::string what = absl::StrCat("config of '", dir, "'");
+  ASSIGN_OR_RETURN(nlohmann::json extra, ParseJson(cfg->extra_json, what));
+  for (const char* key : {"num_local_experts", "num_experts_per_tok"}) {
+    if (!extra.contains(key) || !extra[key].is_number_integer()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": a Mixtral config needs an integer '", key, "'"));
+    }
+  }
+  MoeConfig moe;
+  moe.num_frozen_experts = extra["num_local_experts"].get<int64_t>();
+  moe.num_learned_experts = 0;
+  moe.top_k = extra["num_experts_per_tok"].get<int64_t>();
+  moe.expert_intermediate_size = cfg->intermediate_size;
+  moe.score_function = ScoreFunction::kSoftmax;
+  moe.normalize_gates = true;
+  moe.gate_scale = 1.0;
+  if (moe.num_frozen_experts < 1 || moe.num_frozen_experts > kMaxLearnedExperts) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": num_local_experts ", moe.num_frozen_experts,
+                                                   " is outside [1, ", kMaxLearnedExperts, "]"));
+  }
+  cfg->intermediate_size = moe.num_frozen_experts * moe.expert_intermediate_size;
+  RETURN_IF_ERROR(ValidateMoeConfig(moe, *cfg), what);
+  return moe;
+}
+
+// Assembles the MoE layers' parameters from a Mixtral checkpoint's per-expert matrices.
+TensorRemap MixtralRemap(const Checkpoint& ckpt, const LlamaConfig& cfg, const MoeConfig& moe) {
+  return [&ckpt, cfg, moe](const std::string& name) -> absl::StatusOr<std::optional<at::Tensor>> {
+    for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+      if (name == RouterWeightName(l)) {
+        ASSIGN_OR_RETURN(at::Tensor w, ckpt.Get(MixtralName(l, "gate.weight")));
+        return std::optional<at::Tensor>(w);
+      }
+      if (name == RouterBiasName(l)) return std::optional<at::Tensor>(at::zeros({moe.num_experts()}, at::kFloat));
+      for (const auto& [proj, w] : {std::pair<const char*, const char*>{"gate_proj", "w1"}, {"up_proj", "w3"}, {"down_proj", "w2"}}) {
+        if (name != ExpertTensorName(l, kFrozenExperts, proj)) continue;
+        std::vector<at::Tensor> experts;
+        for (int64_t e = 0; e < moe.num_frozen_experts; ++e) {
+          ASSIGN_OR_RETURN(at::Tensor t, ckpt.Get(MixtralName(l, absl::StrCat("experts.", e, ".", w, ".weight"))));
+          experts.push_back(t);
+        }
+        return std::optional<at::Tensor>(at::stack(experts, 0));
+      }
+    }
+    return std::optional<at::Tensor>();
+  };
+}
+
+}  // namespace
 
 void LoadedModel::SetRouting(RoutingMode mode) {
   for (MoeFeedForward* l : moe_layers) l->set_mode(mode);
@@ -22,9 +84,17 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, const ModelLoadOpt
   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(dir));
   LoadedModel out;
   ASSIGN_OR_RETURN(out.config, ckpt->LoadConfig());
-  ASSIGN_OR_RETURN(out.moe, MoeConfigFromLlama(out.config), absl::StrCat("config of '", dir, "'"));
-  RETURN_IF_ERROR(CheckRouting(out.moe, options.moe.mode, dir));
   LlamaLoadOptions lo;
+  if (out.config.model_type == kMixtralModelType) {
+    ASSIGN_OR_RETURN(out.moe, MixtralMoeConfig(dir, &out.config));
+    lo.remap = MixtralRemap(*ckpt, out.config, *out.moe);
+    for (const std::string& name : ckpt->TensorNames()) {
+      if (absl::StrContains(name, ".block_sparse_moe.")) lo.served_elsewhere.push_back(name);
+    }
+  } else {
+    ASSIGN_OR_RETURN(out.moe, MoeConfigFromLlama(out.config), absl::StrCat("config of '", dir, "'"));
+  }
+  RETURN_IF_ERROR(CheckRouting(out.moe, options.moe.mode, dir));
   lo.dtype = options.dtype;
   lo.device = options.device;
   lo.map_weights = options.map_weights;
