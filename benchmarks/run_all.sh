@@ -22,13 +22,15 @@ mkdir -p "$out"
 # Every lm_cc_benchmark target is tagged "benchmark".
 mapfile -t targets < <(bazel query 'attr(tags, "\bbenchmark\b", kind(cc_binary, //benchmarks/...))' 2>/dev/null)
 [ -n "$only" ] && mapfile -t targets < <(printf '%s\n' "${targets[@]}" | grep -- "$only")
-if [ ${#targets[@]} -eq 0 ]; then
+run_peer=0
+[ -z "$only" ] || [[ "llama_cpp_peer" == *"$only"* ]] && run_peer=1
+if [ ${#targets[@]} -eq 0 ] && [ "$run_peer" -eq 0 ]; then
   echo "no benchmark targets match '$only'" >&2
   exit 1
 fi
-bazel build -c opt "${targets[@]}"
+[ ${#targets[@]} -gt 0 ] && bazel build -c opt "${targets[@]}"
 
-for t in "${targets[@]}"; do
+for t in "${targets[@]+"${targets[@]}"}"; do
   name="${t##*:}"
   bin="bazel-bin/$(echo "${t#//}" | tr ':' '/')"
   echo "=== $t -> $out/$name.json" >&2
@@ -36,6 +38,14 @@ for t in "${targets[@]}"; do
   "$bin" --benchmark_repetitions="$reps" --benchmark_enable_random_interleaving=true \
     --benchmark_out="$out/$name.json" --benchmark_out_format=json "$@"
 done
+
+# llama.cpp on the same weights: a script, not a Google Benchmark binary (fresh processes of two
+# engines).
+if [ "$run_peer" -eq 1 ]; then
+  echo "=== benchmarks/llama_cpp_peer.sh -> $out/llama_cpp_peer.json" >&2
+  REPETITIONS="$reps" benchmarks/llama_cpp_peer.sh
+  echo
+fi
 
 # summarize.py picks the tables from the benchmarks each file holds.
 for name in moe_benchmark decode_bandwidth_benchmark convert_benchmark; do

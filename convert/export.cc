@@ -208,8 +208,10 @@ struct PlannedTensor {
 absl::Status AddTokenizer(const Source& s, GgufWriter* w, ExportPlan* plan) {
   const std::string path = JoinPath(s.dir, "tokenizer.json");
   if (!PathExists(path)) {
-    return absl::NotFoundError(absl::StrCat("GGUF export needs '", path,
-                                            "' (the vocabulary and merges llama.cpp tokenizes with)"));
+    // A model without a tokenizer (a benchmark's random weights) still runs from token ids.
+    w->SetString("tokenizer.ggml.model", "none");
+    plan->dropped.push_back(absl::StrCat("tokenizer: '", path, "' does not exist; llama.cpp runs the file from token ids only"));
+    return absl::OkStatus();
   }
   // Validates the file the way every tool of the project reads it (Llama 3 pre-tokenizer, BPE).
   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, Tokenizer::FromFile(path));

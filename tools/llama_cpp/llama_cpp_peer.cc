@@ -45,7 +45,9 @@ absl::StatusOr<std::unique_ptr<LlamaCppModel>> LlamaCppModel::Load(const std::st
   cp.n_threads = options.threads;
   cp.n_threads_batch = options.threads;
   cp.no_perf = true;
-  cp.flash_attn_type = options.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+  cp.flash_attn_type = options.flash_attn < 0    ? LLAMA_FLASH_ATTN_TYPE_AUTO
+                       : options.flash_attn > 0 ? LLAMA_FLASH_ATTN_TYPE_ENABLED
+                                                : LLAMA_FLASH_ATTN_TYPE_DISABLED;
   if (options.f32_kv) {
     cp.type_k = GGML_TYPE_F32;
     cp.type_v = GGML_TYPE_F32;

@@ -25,11 +25,14 @@ struct llama_context;
 
 namespace llama_moe {
 
+// The defaults are for checking against this project's float32 forward; a benchmark passes
+// llama.cpp's own defaults (f16 KV cache, flash attention when it chooses) with `f32_kv = false`
+// and `flash_attn = -1`.
 struct LlamaCppOptions {
   int threads = 1;
   int context = 1024;     // KV cache positions
   bool f32_kv = true;     // float32 KV cache (llama.cpp's default is f16)
-  bool flash_attn = false;
+  int flash_attn = 0;     // 0 off, 1 on, -1 llama.cpp decides
 };
 
 class LlamaCppModel {
