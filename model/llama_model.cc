@@ -10,6 +10,7 @@
 #include <set>
 #include <utility>
 
+#include "model/decode_linear.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "model/safetensors.h"
@@ -45,7 +46,11 @@ LinearNoBias::LinearNoBias(int64_t in_features, int64_t out_features,
                                /*requires_grad=*/false);
 }
 
-at::Tensor LinearNoBias::forward(const at::Tensor& x) { return at::linear(x, weight_); }
+at::Tensor LinearNoBias::forward(const at::Tensor& x) {
+  // A decode step's few rows: one pass over the weights (model/decode_linear.h).
+  if (CanDecodeLinear(x, weight_)) return DecodeLinear(x, weight_);
+  return at::linear(x, weight_);
+}
 
 RmsNorm::RmsNorm(int64_t hidden, double eps, const at::TensorOptions& options) : eps_(eps) {
   weight_ = register_parameter("weight", at::empty({hidden}, options), /*requires_grad=*/false);
@@ -257,7 +262,9 @@ at::Tensor LlamaForCausalLM::ForwardUnchecked(const at::Tensor& tokens_in, const
 }
 
 at::Tensor LlamaForCausalLM::Logits(const at::Tensor& hidden) {
-  return (lm_head_ ? lm_head_->forward(hidden) : at::linear(hidden, model_->embed_weight())).to(at::kFloat);
+  if (lm_head_) return lm_head_->forward(hidden).to(at::kFloat);
+  const at::Tensor& tied = model_->embed_weight();
+  return (CanDecodeLinear(hidden, tied) ? DecodeLinear(hidden, tied) : at::linear(hidden, tied)).to(at::kFloat);
 }
 
 absl::StatusOr<at::Tensor> LlamaForCausalLM::Forward(const at::Tensor& tokens, const ForwardOptions& options) {

@@ -4,7 +4,11 @@ Every C++ target of the project uses these instead of the native rules, so that 
 sanitizer-friendly flags and test/benchmark dependencies are set once.
 """
 
+# -fopenmp: ATen's at::parallel_for is a header template that splits work across the intra-op
+# threads only where the caller is compiled with OpenMP (ParallelOpenMP.h); without it every
+# parallel_for of the project's own kernels runs on one thread. Debian's LibTorch uses libgomp.
 _COPTS = [
+    "-fopenmp",
     "-Wall",
     "-Wextra",
     "-Wno-unused-parameter",
@@ -12,11 +16,11 @@ _COPTS = [
     "-Wno-missing-field-initializers",
 ]
 
-def lm_cc_library(name, copts = [], **kwargs):
-    native.cc_library(name = name, copts = _COPTS + copts, **kwargs)
+def lm_cc_library(name, copts = [], linkopts = [], **kwargs):
+    native.cc_library(name = name, copts = _COPTS + copts, linkopts = linkopts + ["-fopenmp"], **kwargs)
 
-def lm_cc_binary(name, copts = [], **kwargs):
-    native.cc_binary(name = name, copts = _COPTS + copts, **kwargs)
+def lm_cc_binary(name, copts = [], linkopts = [], **kwargs):
+    native.cc_binary(name = name, copts = _COPTS + copts, linkopts = linkopts + ["-fopenmp"], **kwargs)
 
 def lm_cc_test(name, copts = [], deps = [], size = "small", **kwargs):
     """A GoogleTest target; `gtest_main` is linked in."""

@@ -1,0 +1,374 @@
+#include "model/decode_linear.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define LLAMA_MOE_DECODE_X86 1
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#endif
+
+namespace llama_moe {
+namespace {
+
+inline float Widen(float v) { return v; }
+inline float Widen(uint16_t bits) {  // bfloat16 is the top half of a float32
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// Round to nearest even, as ATen's float32 -> bfloat16 conversion; NaN stays NaN.
+inline uint16_t RoundToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// Weight rows handled together for M rows of x: R * M accumulators stay in registers, and R
+// weight streams are read at once.
+constexpr int RowsPerBlock(int m) { return m >= 8 ? 1 : 8 / m; }
+// AVX-512: 4 weight rows at once for one or two rows of x (measured on the AMD EPYC, float32
+// at one thread: 2 rows 28-30 GB/s, 4 rows 34-39, 8 rows 28-33), fewer for more rows of x.
+constexpr int Avx512RowsPerBlock(int m) { return m * 4 > 8 ? (8 / m > 0 ? 8 / m : 1) : 4; }
+
+// out[m * ldo + n] for rows n in [n0, n1): the dot products of weight rows with the M rows of
+// xf (float32, [M][K]).
+template <typename W>
+void PortableRows(const float* xf, int m_rows, const W* w, int64_t k, int64_t n0, int64_t n1, float* out,
+                  int64_t ldo) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const W* row = w + n * k;
+    for (int m = 0; m < m_rows; ++m) {
+      const float* x = xf + m * k;
+      float acc = 0;
+      for (int64_t i = 0; i < k; ++i) acc += Widen(row[i]) * x[i];
+      out[m * ldo + n] = acc;
+    }
+  }
+}
+
+#ifdef LLAMA_MOE_DECODE_X86
+#define LLAMA_MOE_DL_AVX2 __attribute__((target("avx2,fma")))
+#define LLAMA_MOE_DL_AVX512 __attribute__((target("avx2,fma,avx512f")))
+
+LLAMA_MOE_DL_AVX512 inline __m512 Load16(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
+LLAMA_MOE_DL_AVX512 inline __m512 Load16(const uint16_t* p, __mmask16 mask) {
+  __m256i h;
+  if (mask == 0xffff) {
+    h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  } else {  // the row's tail: AVX-512F has no masked 16-bit load
+    alignas(32) uint16_t tmp[16] = {0};
+    for (int i = 0; i < 16; ++i) tmp[i] = (mask >> i) & 1 ? p[i] : 0;
+    h = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
+  }
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <int M, typename W>
+LLAMA_MOE_DL_AVX512 void Avx512Block(const float* xf, const W* w, int64_t k, int64_t n, int rows, float* out, int64_t ldo) {
+  constexpr int R = Avx512RowsPerBlock(M);
+  __m512 acc[R][M];
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
+  const W* wr[R];
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) wr[r] = w + (n + std::min(r, rows - 1)) * k;  // a short block repeats its last row
+  const int64_t k16 = k / 16 * 16;
+  for (int64_t i = 0; i < k16; i += 16) {
+    __m512 xv[M];
+    #pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_ps(xf + m * k + i);
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 wv = Load16(wr[r] + i, static_cast<__mmask16>(0xffff));
+      #pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[r][m] = _mm512_fmadd_ps(wv, xv[m], acc[r][m]);
+    }
+  }
+  if (k16 < k) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (k - k16)) - 1);
+    __m512 xv[M];
+    #pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) xv[m] = _mm512_maskz_loadu_ps(mask, xf + m * k + k16);
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 wv = Load16(wr[r] + k16, mask);
+      #pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[r][m] = _mm512_fmadd_ps(wv, xv[m], acc[r][m]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < rows; ++r)
+    #pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) out[m * ldo + n + r] = _mm512_reduce_add_ps(acc[r][m]);
+}
+
+template <int M, typename W>
+LLAMA_MOE_DL_AVX512 void Avx512Rows(const float* xf, const W* w, int64_t k, int64_t n0, int64_t n1, float* out,
+                                    int64_t ldo) {
+  constexpr int R = Avx512RowsPerBlock(M);
+  for (int64_t n = n0; n < n1; n += R) {
+    Avx512Block<M, W>(xf, w, k, n, static_cast<int>(std::min<int64_t>(R, n1 - n)), out, ldo);
+  }
+}
+
+#define LLAMA_MOE_DL_AVX512BF16 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512bf16")))
+
+// bfloat16 weights and rows of x: VDPBF16PS multiplies 32 pairs of bfloat16 exactly and adds
+// them into 16 float32 sums, so nothing is widened and nothing is rounded but the sums.
+template <int M>
+LLAMA_MOE_DL_AVX512BF16 void DpBf16Block(const uint16_t* xb, const uint16_t* w, int64_t k, int64_t n, int rows,
+                                         float* out, int64_t ldo) {
+  constexpr int R = Avx512RowsPerBlock(M);
+  __m512 acc[R][M];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
+  const uint16_t* wr[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) wr[r] = w + (n + std::min(r, rows - 1)) * k;
+  const int64_t k32 = k / 32 * 32;
+  for (int64_t i = 0; i < k32; i += 32) {
+    __m512i xv[M];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_si512(xb + m * k + i);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512i wv = _mm512_loadu_si512(wr[r] + i);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], (__m512bh)wv, (__m512bh)xv[m]);
+    }
+  }
+  if (k32 < k) {
+    const __mmask32 mask = static_cast<__mmask32>((uint64_t{1} << (k - k32)) - 1);
+    __m512i xv[M];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) xv[m] = _mm512_maskz_loadu_epi16(mask, xb + m * k + k32);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512i wv = _mm512_maskz_loadu_epi16(mask, wr[r] + k32);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], (__m512bh)wv, (__m512bh)xv[m]);
+    }
+  }
+  for (int r = 0; r < rows; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) out[m * ldo + n + r] = _mm512_reduce_add_ps(acc[r][m]);
+}
+
+template <int M>
+void DpBf16Rows(const uint16_t* xb, const uint16_t* w, int64_t k, int64_t n0, int64_t n1, float* out, int64_t ldo) {
+  constexpr int R = Avx512RowsPerBlock(M);
+  for (int64_t n = n0; n < n1; n += R) {
+    DpBf16Block<M>(xb, w, k, n, static_cast<int>(std::min<int64_t>(R, n1 - n)), out, ldo);
+  }
+}
+
+using Bf16RowsFn = void (*)(const uint16_t*, const uint16_t*, int64_t, int64_t, int64_t, float*, int64_t);
+
+Bf16RowsFn PickDpBf16Rows(int m) {
+  switch (m) {
+    case 1: return &DpBf16Rows<1>;
+    case 2: return &DpBf16Rows<2>;
+    case 3: return &DpBf16Rows<3>;
+    case 4: return &DpBf16Rows<4>;
+    case 5: return &DpBf16Rows<5>;
+    case 6: return &DpBf16Rows<6>;
+    case 7: return &DpBf16Rows<7>;
+    default: return &DpBf16Rows<8>;
+  }
+}
+
+LLAMA_MOE_DL_AVX2 inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
+LLAMA_MOE_DL_AVX2 inline __m256 Load8(const uint16_t* p) {
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+
+LLAMA_MOE_DL_AVX2 inline float Sum8(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+template <int M, typename W>
+LLAMA_MOE_DL_AVX2 void Avx2Block(const float* xf, const W* w, int64_t k, int64_t n, int rows, float* out, int64_t ldo) {
+  constexpr int R = RowsPerBlock(M) > 4 ? 4 : RowsPerBlock(M);
+  __m256 acc[R][M];
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  const int64_t k8 = k / 8 * 8;
+  for (int64_t i = 0; i < k8; i += 8) {
+    __m256 xv[M];
+    #pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(xf + m * k + i);
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      if (r >= rows) break;
+      const __m256 wv = Load8(w + (n + r) * k + i);
+      #pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(wv, xv[m], acc[r][m]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < rows; ++r) {
+    #pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      float s = Sum8(acc[r][m]);
+      for (int64_t i = k8; i < k; ++i) s += Widen(w[(n + r) * k + i]) * xf[m * k + i];
+      out[m * ldo + n + r] = s;
+    }
+  }
+}
+
+template <int M, typename W>
+LLAMA_MOE_DL_AVX2 void Avx2Rows(const float* xf, const W* w, int64_t k, int64_t n0, int64_t n1, float* out, int64_t ldo) {
+  constexpr int R = RowsPerBlock(M) > 4 ? 4 : RowsPerBlock(M);
+  for (int64_t n = n0; n < n1; n += R) {
+    Avx2Block<M, W>(xf, w, k, n, static_cast<int>(std::min<int64_t>(R, n1 - n)), out, ldo);
+  }
+}
+#endif  // LLAMA_MOE_DECODE_X86
+
+using RowsFn = void (*)(const float*, const void*, int64_t, int64_t, int64_t, float*, int64_t);
+
+template <int M, typename W>
+void PortableAdapter(const float* xf, const void* w, int64_t k, int64_t n0, int64_t n1, float* out, int64_t ldo) {
+  PortableRows<W>(xf, M, static_cast<const W*>(w), k, n0, n1, out, ldo);
+}
+#ifdef LLAMA_MOE_DECODE_X86
+template <int M, typename W>
+void Avx512Adapter(const float* xf, const void* w, int64_t k, int64_t n0, int64_t n1, float* out, int64_t ldo) {
+  Avx512Rows<M, W>(xf, static_cast<const W*>(w), k, n0, n1, out, ldo);
+}
+template <int M, typename W>
+void Avx2Adapter(const float* xf, const void* w, int64_t k, int64_t n0, int64_t n1, float* out, int64_t ldo) {
+  Avx2Rows<M, W>(xf, static_cast<const W*>(w), k, n0, n1, out, ldo);
+}
+#endif
+
+template <typename W>
+RowsFn PickRows(DecodeLinearForm form, int m) {
+  // One instantiation per row count keeps the accumulators in registers.
+#define LLAMA_MOE_DL_CASES(ADAPTER)                 \
+  switch (m) {                                      \
+    case 1: return &ADAPTER<1, W>;                  \
+    case 2: return &ADAPTER<2, W>;                  \
+    case 3: return &ADAPTER<3, W>;                  \
+    case 4: return &ADAPTER<4, W>;                  \
+    case 5: return &ADAPTER<5, W>;                  \
+    case 6: return &ADAPTER<6, W>;                  \
+    case 7: return &ADAPTER<7, W>;                  \
+    default: return &ADAPTER<8, W>;                 \
+  }
+  switch (form) {
+#ifdef LLAMA_MOE_DECODE_X86
+    case DecodeLinearForm::kAvx512:
+    case DecodeLinearForm::kAvx512Bf16: LLAMA_MOE_DL_CASES(Avx512Adapter)
+    case DecodeLinearForm::kAvx2: LLAMA_MOE_DL_CASES(Avx2Adapter)
+#endif
+    default: LLAMA_MOE_DL_CASES(PortableAdapter)
+  }
+#undef LLAMA_MOE_DL_CASES
+}
+
+DecodeLinearForm BestForm() {
+  static const DecodeLinearForm best = DecodeLinearFormSupported(DecodeLinearForm::kAvx512Bf16) ? DecodeLinearForm::kAvx512Bf16
+                                       : DecodeLinearFormSupported(DecodeLinearForm::kAvx512) ? DecodeLinearForm::kAvx512
+                                       : DecodeLinearFormSupported(DecodeLinearForm::kAvx2) ? DecodeLinearForm::kAvx2
+                                                                                             : DecodeLinearForm::kPortable;
+  return best;
+}
+
+}  // namespace
+
+const char* DecodeLinearFormName(DecodeLinearForm form) {
+  switch (form) {
+    case DecodeLinearForm::kPortable: return "portable";
+    case DecodeLinearForm::kAvx2: return "avx2";
+    case DecodeLinearForm::kAvx512: return "avx512";
+    case DecodeLinearForm::kAvx512Bf16: return "avx512_bf16";
+  }
+  return "?";
+}
+
+bool DecodeLinearFormSupported(DecodeLinearForm form) {
+  switch (form) {
+    case DecodeLinearForm::kPortable: return true;
+#ifdef LLAMA_MOE_DECODE_X86
+    case DecodeLinearForm::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case DecodeLinearForm::kAvx512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2");
+    case DecodeLinearForm::kAvx512Bf16:
+      return DecodeLinearFormSupported(DecodeLinearForm::kAvx512) && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512bf16");
+#endif
+    default: return false;
+  }
+}
+
+bool CanDecodeLinear(const at::Tensor& x, const at::Tensor& w) {
+  if (!x.defined() || !w.defined() || !x.device().is_cpu() || !w.device().is_cpu()) return false;
+  if (w.dim() != 2 || x.dim() < 1 || x.size(-1) != w.size(1) || !w.is_contiguous()) return false;
+  if (x.scalar_type() != w.scalar_type()) return false;
+  if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) return false;
+  if (c10::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad())) return false;
+  const int64_t rows = x.size(-1) == 0 ? 0 : x.numel() / x.size(-1);
+  return rows >= 1 && rows <= kDecodeLinearMaxRows;
+}
+
+at::Tensor DecodeLinearWith(DecodeLinearForm form, const at::Tensor& x, const at::Tensor& w) {
+  const int64_t k = w.size(1), n = w.size(0);
+  const int m = static_cast<int>(x.numel() / k);
+  const bool bf16 = w.scalar_type() == at::kBFloat16;
+  at::Tensor y32 = at::empty({m, n}, x.options().dtype(at::kFloat));
+  float* out = y32.data_ptr<float>();
+  // Chunks of at least ~64K weights, so that a chunk's reads dwarf handing it to a thread.
+  const int64_t grain = std::max<int64_t>(8, 65536 / std::max<int64_t>(1, k));
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = n;
+#ifdef LLAMA_MOE_DECODE_X86
+  if (bf16 && form == DecodeLinearForm::kAvx512Bf16) {
+    const at::Tensor xb = x.reshape({m, k}).contiguous();
+    const uint16_t* xp = reinterpret_cast<const uint16_t*>(xb.data_ptr());
+    const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr());
+    const Bf16RowsFn rows = PickDpBf16Rows(m);
+    at::parallel_for(0, n, grain, [&](int64_t n0, int64_t n1) { rows(xp, wp, k, n0, n1, out, n); });
+    at::Tensor y = at::empty(shape, x.options());
+    uint16_t* yp = reinterpret_cast<uint16_t*>(y.data_ptr());
+    for (int64_t i = 0; i < static_cast<int64_t>(m) * n; ++i) yp[i] = RoundToBf16(out[i]);
+    return y;
+  }
+#endif
+  const at::Tensor xf = x.reshape({m, k}).to(at::kFloat).contiguous();
+  const RowsFn rows = bf16 ? PickRows<uint16_t>(form, m) : PickRows<float>(form, m);
+  const float* xp = xf.data_ptr<float>();
+  const void* wp = w.data_ptr();
+  at::parallel_for(0, n, grain, [&](int64_t n0, int64_t n1) { rows(xp, wp, k, n0, n1, out, n); });
+  if (!bf16) return y32.view(shape);
+  at::Tensor y = at::empty(shape, x.options());
+  uint16_t* yp = reinterpret_cast<uint16_t*>(y.data_ptr());
+  for (int64_t i = 0; i < static_cast<int64_t>(m) * n; ++i) yp[i] = RoundToBf16(out[i]);
+  return y;
+}
+
+at::Tensor DecodeLinear(const at::Tensor& x, const at::Tensor& w) { return DecodeLinearWith(BestForm(), x, w); }
+
+}  // namespace llama_moe
