@@ -2,7 +2,9 @@
 # This project's //eval:generate against llama.cpp (npm's prebuilt CPU build) on the same weights,
 # in the same run: prefill and decode tokens/s and ours / llama.cpp, dense and MoE, float32 and
 # bfloat16, 1 and 2 threads; each engine's 2-thread speed-up; decode's weight bytes per second
-# against the machine's read bandwidth (at::sum over 1 GiB, measured in the same run).
+# against the machine's read bandwidth (at::sum over 1 GiB, measured in the same run). Ours also
+# runs with its decode kernel switched off (LLAMA_MOE_DECODE_LINEAR=0: ATen's linear), the
+# baseline the kernel is measured against.
 #
 #   benchmarks/llama_cpp_peer.sh            # 3 interleaved repetitions, medians
 #   REPETITIONS=5 benchmarks/llama_cpp_peer.sh
@@ -47,13 +49,17 @@ prompt = ",".join(str((i * 7919 + 13) % 32000) for i in range(128))
 new = 64
 
 def run(engine, model, dt, threads):
-    if engine == "ours":
+    env = dict(os.environ)
+    if engine == "ours, ATen linear":
+        # The same binary with model/decode_linear.h switched off: the before of the decode kernel.
+        env["LLAMA_MOE_DECODE_LINEAR"] = "0"
+    if engine.startswith("ours"):
         cmd = [f"{bin}/eval/generate", "--model", f"{work}/{model}_{dt}", "--tokens", prompt,
                "--max_new_tokens", str(new), "--threads", str(threads)]
     else:
         cmd = [f"{bin}/tools/llama_cpp/llama_cpp_generate", "--gguf", f"{work}/{model}_{dt}.gguf",
                "--backend_dir", backends, "--tokens", prompt, "--max_new_tokens", str(new), "--threads", str(threads)]
-    p = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     pre = re.search(r"prefill: (\d+) tokens in [\d.]+ s \(([\d.]+) tokens/s\)", p.stderr)
     dec = re.search(r"decode: (\d+) tokens in [\d.]+ s \(([\d.]+) tokens/s\)", p.stderr)
     return float(pre.group(2)), float(dec.group(2)), int(dec.group(1))
@@ -71,7 +77,7 @@ for t in (1, 2):
     r = subprocess.run([f"{bin}/tools/llama_cpp/read_bandwidth", "--threads", str(t)], capture_output=True, text=True, check=True)
     bw[t] = float(re.search(r"read: ([\d.]+)", r.stdout).group(1))
 
-cells = [(e, m, d, t) for e in ("ours", "llama.cpp") for m in ("dense", "moe") for d in ("f32", "bf16") for t in (1, 2)]
+cells = [(e, m, d, t) for e in ("ours", "ours, ATen linear", "llama.cpp") for m in ("dense", "moe") for d in ("f32", "bf16") for t in (1, 2)]
 results = {c: [] for c in cells}
 random.seed(0)
 for rep in range(reps):
@@ -86,15 +92,17 @@ med = {c: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v
 rows = []
 print(f"read bandwidth (at::sum, 1 GiB): {bw[1]:.1f} GB/s at 1 thread, {bw[2]:.1f} GB/s at 2")
 print()
-print("| model | dtype | phase | threads | ours tok/s | llama.cpp tok/s | ours / llama.cpp |")
-print("|---|---|---|---:|---:|---:|---:|")
+print("| model | dtype | phase | threads | ours tok/s | llama.cpp tok/s | ours / llama.cpp | ours with ATen's linear / llama.cpp |")
+print("|---|---|---|---:|---:|---:|---:|---:|")
 for m in ("dense", "moe"):
     for d in ("f32", "bf16"):
         for ph, k in (("prefill", 0), ("decode", 1)):
             for t in (1, 2):
                 a, b = med[("ours", m, d, t)][k], med[("llama.cpp", m, d, t)][k]
-                rows.append({"model": m, "dtype": d, "phase": ph, "threads": t, "ours": a, "llama_cpp": b, "ratio": a / b})
-                print(f"| {'MoE' if m == 'moe' else m} | {d} | {ph} | {t} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+                c = med[("ours, ATen linear", m, d, t)][k]
+                rows.append({"model": m, "dtype": d, "phase": ph, "threads": t, "ours": a, "llama_cpp": b, "ratio": a / b,
+                             "ours_aten_linear": c})
+                print(f"| {'MoE' if m == 'moe' else m} | {d} | {ph} | {t} | {a:.1f} | {b:.1f} | {a / b:.2f} | {c / b:.2f} |")
 print()
 print("| model | dtype | phase | ours 2-thread / 1-thread | llama.cpp 2-thread / 1-thread |")
 print("|---|---|---|---:|---:|")

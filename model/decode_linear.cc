@@ -5,7 +5,10 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -324,7 +327,21 @@ bool DecodeLinearFormSupported(DecodeLinearForm form) {
   }
 }
 
+namespace {
+std::atomic<bool>& EnabledFlag() {
+  static std::atomic<bool> enabled([] {
+    const char* env = std::getenv("LLAMA_MOE_DECODE_LINEAR");
+    return env == nullptr || std::string(env) != "0";
+  }());
+  return enabled;
+}
+}  // namespace
+
+void SetDecodeLinearEnabled(bool enabled) { EnabledFlag().store(enabled); }
+bool DecodeLinearEnabled() { return EnabledFlag().load(); }
+
 bool CanDecodeLinear(const at::Tensor& x, const at::Tensor& w) {
+  if (!DecodeLinearEnabled()) return false;
   if (!x.defined() || !w.defined() || !x.device().is_cpu() || !w.device().is_cpu()) return false;
   if (w.dim() != 2 || x.dim() < 1 || x.size(-1) != w.size(1) || !w.is_contiguous()) return false;
   if (x.scalar_type() != w.scalar_type()) return false;

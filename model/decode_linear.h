@@ -38,7 +38,12 @@ enum class DecodeLinearForm {
 const char* DecodeLinearFormName(DecodeLinearForm form);
 bool DecodeLinearFormSupported(DecodeLinearForm form);
 
-// Whether DecodeLinear takes these operands: CPU, x [..., K] with at most kDecodeLinearMaxRows
+// On by default; off (ATen's linear everywhere) for ablations and the tests that compare the two.
+// The environment variable LLAMA_MOE_DECODE_LINEAR=0 turns it off for a whole process.
+void SetDecodeLinearEnabled(bool enabled);
+bool DecodeLinearEnabled();
+
+// Whether DecodeLinear takes these operands (and it is enabled): CPU, x [..., K] with at most kDecodeLinearMaxRows
 // rows, W [N, K] contiguous, both float32 or both bfloat16, and no gradient to record.
 bool CanDecodeLinear(const at::Tensor& x, const at::Tensor& w);
 
