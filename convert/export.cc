@@ -94,6 +94,17 @@ GgufType GgufTypeOf(const std::string& dtype) {
 
 c10::ScalarType ScalarTypeOf(const std::string& dtype) { return GgufScalarType(GgufTypeOf(dtype)); }
 
+// A float16 output cannot hold magnitudes above 65504: refuse instead of writing infinities.
+absl::Status CheckFits(const at::Tensor& t, c10::ScalarType st, const std::string& name) {
+  if (st != at::kHalf || t.numel() == 0) return absl::OkStatus();
+  const double peak = t.abs().max().item<double>();
+  if (peak > 65504.0) {
+    return absl::OutOfRangeError(absl::StrFormat(
+        "tensor '%s' has values up to %g, beyond float16's range (65504); export with --dtype bf16 or f32", name, peak));
+  }
+  return absl::OkStatus();
+}
+
 bool IsPowerOfTwo(double x) {
   if (!(x > 0) || !std::isfinite(x)) return false;
   int e = 0;
@@ -491,6 +502,7 @@ absl::Status WriteGguf(const ExportOptions& o, const Source& s, const ExportPlan
   RETURN_IF_ERROR(w.Open(o.output, o.overwrite));
   for (const PlannedTensor& t : tensors) {
     ASSIGN_OR_RETURN(at::Tensor v, t.make(), absl::StrCat("exporting '", s.dir, "' tensor ", t.name));
+    RETURN_IF_ERROR(CheckFits(v, GgufScalarType(t.type), t.name));
     RETURN_IF_ERROR(w.WriteTensor(t.name, v.to(GgufScalarType(t.type)).contiguous()));
     for (const std::string& src : t.sources) ck.Release(src);
   }
@@ -571,11 +583,13 @@ absl::Status WriteHfMixtral(const ExportOptions& o, const Source& s, const Expor
   ASSIGN_OR_RETURN(std::unique_ptr<ModelWriter> w, CreateModelWriter(ModelFormat::kHfSafetensors, o.output, specs, wo));
   for (const auto& [name, src] : copied) {
     ASSIGN_OR_RETURN(at::Tensor t, ck.Get(src));
+    RETURN_IF_ERROR(CheckFits(t, st, name));
     RETURN_IF_ERROR(w->Write(name, t.to(st)));
     ck.Release(src);
   }
   for (int64_t l = 0; l < L; ++l) {
     ASSIGN_OR_RETURN(at::Tensor router, ck.Get(RouterWeightName(l)));
+    RETURN_IF_ERROR(CheckFits(router, st, moe_name(l, "gate.weight")));
     RETURN_IF_ERROR(w->Write(moe_name(l, "gate.weight"), router.to(st)));
     for (const char* proj : {"gate_proj", "up_proj", "down_proj"}) {
       std::vector<at::Tensor> parts;
@@ -590,6 +604,7 @@ absl::Status WriteHfMixtral(const ExportOptions& o, const Source& s, const Expor
       for (int64_t e = 0; e < E; ++e) {
         at::Tensor x = all[e];
         if (wname == "w2" && m.gate_scale != 1.0) x = x.to(at::kFloat) * m.gate_scale;
+        RETURN_IF_ERROR(CheckFits(x, st, moe_name(l, absl::StrCat("experts.", e, ".", wname, ".weight"))));
         RETURN_IF_ERROR(w->Write(moe_name(l, absl::StrCat("experts.", e, ".", wname, ".weight")), x.to(st)));
       }
       for (const std::string& group : {std::string(kFrozenExperts), std::string(kLearnedExperts)}) {

@@ -11,7 +11,11 @@
 #include "convert/recipe.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "model/checkpoint.h"
 #include "model/file_util.h"
+#include "model/llama_layout.h"
+#include "model/model_format.h"
+#include "model/model_writer.h"
 #include "model/test_util.h"
 #include "model/tiny_llama.h"
 #include "moe/moe_model.h"
@@ -98,6 +102,33 @@ TEST(ExportTest, ExistingOutputNeedsOverwrite) {
   EXPECT_THAT(Export(Mixtral(moe, out)).status().message(), HasSubstr("pass --overwrite"));
   ExportOptions o = Mixtral(moe, out);
   o.overwrite = true;
+  EXPECT_TRUE(Export(o).ok());
+}
+
+TEST(ExportTest, Float16RefusesValuesBeyondItsRange) {
+  // The tiny model with its embeddings scaled past 65504, rewritten through the checkpoint writer.
+  const std::string dense = Dense();
+  const std::string big = TestPath("big");
+  auto ck = *Checkpoint::Open(dense);
+  const LlamaConfig cfg = *ck->LoadConfig();
+  const std::vector<TensorSpec> specs = LlamaTensorSpecs(cfg, DType::kF32);
+  auto w = *CreateModelWriter(ModelFormat::kHfSafetensors, big, specs, {});
+  for (const TensorSpec& spec : specs) {
+    at::Tensor t = *ck->Get(spec.name);
+    if (spec.name == "model.embed_tokens.weight") t = t * 1e6;
+    ASSERT_TRUE(w->Write(spec.name, t).ok());
+  }
+  ASSERT_TRUE(w->CopyFile(JoinPath(dense, "config.json"), "config.json").ok());
+  ASSERT_TRUE(w->Commit().ok());
+  ExportOptions o;
+  o.model_dir = big;
+  o.format = ExportFormat::kGguf;
+  o.output = JoinPath(TestPath("out"), "never.gguf");
+  ASSERT_EQ(system(("mkdir -p " + o.output.substr(0, o.output.rfind('/'))).c_str()), 0);
+  o.dtype = "f16";
+  EXPECT_THAT(Export(o).status().message(), HasSubstr("beyond float16's range"));
+  EXPECT_FALSE(PathExists(o.output));
+  o.dtype = "bf16";
   EXPECT_TRUE(Export(o).ok());
 }
 

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "model/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace llama_moe {
@@ -108,6 +109,31 @@ void SetMoeConfig(const MoeConfig& m, LlamaConfig* cfg) {
   extra["architectures"] = {kMoeArchitecture};
   cfg->extra_json = extra.dump();
   cfg->model_type = kMoeModelType;
+}
+
+absl::StatusOr<MoeConfig> MoeConfigFromMixtral(LlamaConfig* cfg) {
+  json extra = json::parse(cfg->extra_json, nullptr, /*allow_exceptions=*/false);
+  if (!extra.is_object()) return absl::InvalidArgumentError("Mixtral config: the extra fields are not an object");
+  for (const char* key : {"num_local_experts", "num_experts_per_tok"}) {
+    if (!extra.contains(key) || !extra[key].is_number_integer()) {
+      return absl::InvalidArgumentError(absl::StrCat("Mixtral config needs an integer '", key, "'"));
+    }
+  }
+  MoeConfig moe;
+  moe.num_frozen_experts = extra["num_local_experts"].get<int64_t>();
+  moe.num_learned_experts = 0;
+  moe.top_k = extra["num_experts_per_tok"].get<int64_t>();
+  moe.expert_intermediate_size = cfg->intermediate_size;
+  moe.score_function = ScoreFunction::kSoftmax;
+  moe.normalize_gates = true;
+  moe.gate_scale = 1.0;
+  if (moe.num_frozen_experts < 1 || moe.num_frozen_experts > kMaxLearnedExperts) {
+    return absl::InvalidArgumentError(absl::StrCat("Mixtral config: num_local_experts ", moe.num_frozen_experts,
+                                                   " is outside [1, ", kMaxLearnedExperts, "]"));
+  }
+  cfg->intermediate_size = moe.num_frozen_experts * moe.expert_intermediate_size;
+  RETURN_IF_ERROR(ValidateMoeConfig(moe, *cfg));
+  return moe;
 }
 
 }  // namespace llama_moe

@@ -64,6 +64,15 @@ absl::Status ValidateMoeConfig(const MoeConfig& moe, const LlamaConfig& cfg);
 // (model_type "llama" with a "moe" block) still read.
 absl::StatusOr<std::optional<MoeConfig>> MoeConfigFromLlama(const LlamaConfig& cfg);
 
+// The model_type of a Hugging Face Mixtral directory (what `export --format hf_mixtral` writes).
+inline constexpr char kMixtralModelType[] = "mixtral";
+
+// A Mixtral config (num_local_experts, num_experts_per_tok in `cfg->extra_json`) as this
+// project's MoE: every expert frozen (Nf = num_local_experts, Nl = 0), the config's
+// intermediate_size the expert size, softmax top-k renormalised, no gate scale. Rewrites
+// cfg->intermediate_size to the experts' total width (Nf * Ie), as the MoE layer expects. Validated.
+absl::StatusOr<MoeConfig> MoeConfigFromMixtral(LlamaConfig* cfg);
+
 // Stores `moe` as the "moe" block of `cfg->extra_json` (replacing any previous one) and labels the
 // config kMoeModelType / kMoeArchitecture.
 void SetMoeConfig(const MoeConfig& moe, LlamaConfig* cfg);

@@ -106,5 +106,35 @@ TEST(MoeConfigTest, HostileSizesAreRefusedBeforeTheyOverflow) {
               HasSubstr("num_learned_experts 4097 is above the limit of 4096"));
 }
 
+TEST(MoeConfigTest, MixtralReadsAsAnAllFrozenMoe) {
+  LlamaConfig cfg = Dense();
+  cfg.model_type = kMixtralModelType;
+  cfg.intermediate_size = 32;  // one expert's width
+  cfg.extra_json = R"({"num_local_experts": 4, "num_experts_per_tok": 2})";
+  absl::StatusOr<MoeConfig> m = MoeConfigFromMixtral(&cfg);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->num_frozen_experts, 4);
+  EXPECT_EQ(m->num_learned_experts, 0);
+  EXPECT_EQ(m->expert_intermediate_size, 32);
+  EXPECT_EQ(m->top_k, 2);
+  EXPECT_EQ(m->gate_scale, 1.0);
+  EXPECT_EQ(cfg.intermediate_size, 128);
+
+  LlamaConfig missing = Dense();
+  missing.extra_json = R"({"num_local_experts": 4})";
+  EXPECT_THAT(std::string(MoeConfigFromMixtral(&missing).status().message()),
+              HasSubstr("needs an integer 'num_experts_per_tok'"));
+  LlamaConfig none = Dense();
+  none.extra_json = R"({"num_local_experts": 0, "num_experts_per_tok": 1})";
+  EXPECT_THAT(std::string(MoeConfigFromMixtral(&none).status().message()), HasSubstr("outside [1, 4096]"));
+  LlamaConfig floaty = Dense();
+  floaty.extra_json = R"({"num_local_experts": 1e300, "num_experts_per_tok": 1})";
+  EXPECT_THAT(std::string(MoeConfigFromMixtral(&floaty).status().message()),
+              HasSubstr("needs an integer 'num_local_experts'"));
+  LlamaConfig too_many = Dense();
+  too_many.extra_json = R"({"num_local_experts": 2, "num_experts_per_tok": 3})";
+  EXPECT_FALSE(MoeConfigFromMixtral(&too_many).ok());
+}
+
 }  // namespace
 }  // namespace llama_moe

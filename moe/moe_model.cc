@@ -5,7 +5,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "model/checkpoint.h"
-#include "model/json_util.h"
 #include "model/status_macros.h"
 #include "moe/moe_layout.h"
 
@@ -14,33 +13,6 @@ namespace {
 
 std::string MixtralName(int64_t layer, absl::string_view rest) {
   return absl::StrCat("model.layers.", layer, ".block_sparse_moe.", rest);
-}
-
-// A Mixtral directory as this project's MoE: every expert a frozen one (Nf = E, Nl = 0), the
-// config's intermediate_size the expert size, softmax top-k renormalised, no gate scale.
-absl::StatusOr<MoeConfig> MixtralMoeConfig(const std::string& dir, LlamaConfig* cfg) {
-  const std::string what = absl::StrCat("config of '", dir, "'");
-  ASSIGN_OR_RETURN(nlohmann::json extra, ParseJson(cfg->extra_json, what));
-  for (const char* key : {"num_local_experts", "num_experts_per_tok"}) {
-    if (!extra.contains(key) || !extra[key].is_number_integer()) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": a Mixtral config needs an integer '", key, "'"));
-    }
-  }
-  MoeConfig moe;
-  moe.num_frozen_experts = extra["num_local_experts"].get<int64_t>();
-  moe.num_learned_experts = 0;
-  moe.top_k = extra["num_experts_per_tok"].get<int64_t>();
-  moe.expert_intermediate_size = cfg->intermediate_size;
-  moe.score_function = ScoreFunction::kSoftmax;
-  moe.normalize_gates = true;
-  moe.gate_scale = 1.0;
-  if (moe.num_frozen_experts < 1 || moe.num_frozen_experts > kMaxLearnedExperts) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": num_local_experts ", moe.num_frozen_experts,
-                                                   " is outside [1, ", kMaxLearnedExperts, "]"));
-  }
-  cfg->intermediate_size = moe.num_frozen_experts * moe.expert_intermediate_size;
-  RETURN_IF_ERROR(ValidateMoeConfig(moe, *cfg), what);
-  return moe;
 }
 
 // Assembles the MoE layers' parameters from a Mixtral checkpoint's per-expert matrices.
@@ -86,7 +58,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, const ModelLoadOpt
   ASSIGN_OR_RETURN(out.config, ckpt->LoadConfig());
   LlamaLoadOptions lo;
   if (out.config.model_type == kMixtralModelType) {
-    ASSIGN_OR_RETURN(out.moe, MixtralMoeConfig(dir, &out.config));
+    ASSIGN_OR_RETURN(out.moe, MoeConfigFromMixtral(&out.config), absl::StrCat("config of '", dir, "'"));
     lo.remap = MixtralRemap(*ckpt, out.config, *out.moe);
     for (const std::string& name : ckpt->TensorNames()) {
       if (absl::StrContains(name, ".block_sparse_moe.")) lo.served_elsewhere.push_back(name);

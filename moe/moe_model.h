@@ -39,9 +39,6 @@ struct LoadedModel {
   void SetRouting(RoutingMode mode);
 };
 
-// The model_type of a Hugging Face Mixtral directory (what `export --format hf_mixtral` writes).
-inline constexpr char kMixtralModelType[] = "mixtral";
-
 // Loads `dir`; an MoE model's routing mode must be one it can run (CheckRouting). A Mixtral
 // directory loads as an MoE whose experts are all frozen (Nf = num_local_experts, Nl = 0).
 absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, const ModelLoadOptions& options);

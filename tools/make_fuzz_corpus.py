@@ -73,8 +73,10 @@ def config_seeds():
                moe={"num_frozen_experts": 4, "num_learned_experts": 4, "expert_intermediate_size": 44,
                     "top_k": 2, "score_function": "softmax", "normalize_gates": True, "gate_scale": 4.0,
                     "bias_update_rate": 0.001})
+    mixtral = dict(dense, architectures=["MixtralForCausalLM"], model_type="mixtral", intermediate_size=44,
+                   num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.0)
     return {name: json.dumps(c, indent=1).encode() for name, c in
-            [("dense", dense), ("llama31", llama31), ("moe", moe)]}
+            [("dense", dense), ("llama31", llama31), ("moe", moe), ("mixtral", mixtral)]}
 
 
 def index_seeds():

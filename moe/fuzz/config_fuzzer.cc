@@ -1,4 +1,4 @@
-// libFuzzer target over config.json: the Llama fields and the MoE block. Built and run by
+// libFuzzer target over config.json: the Llama fields, the MoE block, and a Mixtral config read as an MoE. Built and run by
 // tools/fuzz.sh.
 #include <cstddef>
 #include <cstdint>
@@ -18,5 +18,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!again.ok() || llama_moe::LlamaConfigToJson(*again) != written) __builtin_trap();
   absl::StatusOr<std::optional<llama_moe::MoeConfig>> moe = llama_moe::MoeConfigFromLlama(*cfg);
   if (moe.ok() && moe->has_value() && !llama_moe::ValidateMoeConfig(**moe, *cfg).ok()) __builtin_trap();
+  // A Mixtral config read as an all-frozen MoE is valid, and its FFN is all of its experts.
+  llama_moe::LlamaConfig mixtral = *cfg;
+  absl::StatusOr<llama_moe::MoeConfig> m = llama_moe::MoeConfigFromMixtral(&mixtral);
+  if (m.ok() && (!llama_moe::ValidateMoeConfig(*m, mixtral).ok() ||
+                 mixtral.intermediate_size != m->num_frozen_experts * m->expert_intermediate_size)) {
+    __builtin_trap();
+  }
   return 0;
 }
