@@ -7,7 +7,8 @@
 # C's losses equal A's exactly; frozen experts, attention, norms, embeddings and head are
 # bit-for-bit unchanged; held-out loss falls; optimizer state per rank halves with 2 ranks;
 # D: activation checkpointing gives the same losses; E: a NaN loss stops the run cleanly;
-# A keeps only its 2 newest checkpoints.
+# A keeps only its 2 newest checkpoints; K: distillation toward the dense model (its KL starts at
+# ~0 for a conversion that equals the dense model).
 set -euo pipefail
 prepare="$1"; make_tiny="$2"; convert="$3"; train="$4"; tokenizer="$5"; brown="$(dirname "$6")"
 work="${TEST_TMPDIR:-$(mktemp -d)}/train_e2e"
@@ -65,6 +66,28 @@ if "$train" --set "model_dir: \"$work/moe\" data_dir: \"$work/data\" output_dir:
   echo "FAIL: seq_len beyond the context was accepted"; exit 1
 fi
 grep -q "longer than the context" "$work/H.err" || { echo "FAIL: unclear seq_len error:"; cat "$work/H.err"; exit 1; }
+
+# K: distillation toward the dense model (its identity routing). A COMPLEMENTARY conversion with
+# exact learned copies equals the dense model in routed mode, so the first step's KL is ~0; it
+# grows as training moves the model, and a step of weight 0 measures none.
+"$convert" --input "$work/dense" --output "$work/moe_exact" --set "router_init: COMPLEMENTARY noise_scale: 0" \
+  --dtype float32 >/dev/null 2>&1
+"$train" --set "model_dir: \"$work/moe_exact\" data_dir: \"$work/data\" output_dir: \"$work/K\" steps: 3 seq_len: 64
+  global_batch: 8 micro_batch: 4 warmup_steps: 1 lr: 1e-2 dtype: \"float32\" eval_sequences: 8
+  distill_weight: 1.0 distill_weight_end: 0.0" >"$work/K.out" 2>"$work/K.err" || {
+  echo "FAIL: distillation run:"; cat "$work/K.err"; exit 1; }
+python3 - "$work/K/metrics.jsonl" <<'KD'
+import json, math, sys
+kl = {d["step"]: d.get("distill_kl") for d in map(json.loads, open(sys.argv[1])) if "loss" in d and "step" in d}
+print(f"distillation KL per step: {kl}")
+ok = kl[1] is not None and kl[1] < 1e-6 and kl[2] is not None and math.isfinite(kl[2]) and kl[2] > kl[1] and kl[3] is None
+sys.exit(0 if ok else 1)
+KD
+if "$train" --set "model_dir: \"$work/dense\" data_dir: \"$work/data\" output_dir: \"$work/L\" steps: 1 seq_len: 64
+    global_batch: 8 micro_batch: 4 trainable: ALL distill_weight: 1.0" >"$work/L.out" 2>"$work/L.err"; then
+  echo "FAIL: distillation of a dense model was accepted"; exit 1
+fi
+grep -q "distill_weight needs an MoE model" "$work/L.err" || { echo "FAIL: unclear distill error:"; cat "$work/L.err"; exit 1; }
 
 python3 - "$work" <<'PY'
 import json, struct, sys

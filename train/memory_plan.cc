@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "model/llama_layout.h"
 #include "moe/moe_layout.h"
+#include "train/distill.h"
 #include "train/trainable.h"
 
 #if defined(LLAMA_MOE_WITH_CUDA)
@@ -78,7 +79,9 @@ MemoryPlan PlanTrainingMemory(const LlamaConfig& cfg, const std::optional<MoeCon
   // compute dtype, all [N, V]; or, if larger, one layer's attention scores in flight (the
   // compute-dtype product, its float32 copy, the scaled and the masked scores).
   const int64_t V = cfg.vocab_size;
-  p.temporaries = std::max(N * V * (12 + c), B * cfg.num_attention_heads * T * T * (c + 12));
+  // Distillation adds the teacher's float32 logits and log-probabilities and the KL's terms.
+  const int64_t distill = Distills(train) ? 12 : 0;
+  p.temporaries = std::max(N * V * (12 + c + distill), B * cfg.num_attention_heads * T * T * (c + 12));
 
   // Loading (the model and one tensor's file pages), the end of the forward pass (every
   // activation, the loss) or the end of the backward pass (every gradient, the last layer's

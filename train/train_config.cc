@@ -79,8 +79,12 @@ absl::Status ValidateTrainConfig(const TrainConfig& cfg) {
                                      {"bias_update_rate", cfg.bias_update_rate()},
                                      {"aux_loss_coef", cfg.aux_loss_coef()},
                                      {"z_loss_coef", cfg.z_loss_coef()},
-                                     {"router_lr_scale", cfg.router_lr_scale()}}) {
+                                     {"router_lr_scale", cfg.router_lr_scale()},
+                                     {"distill_weight", cfg.distill_weight()}}) {
     if (!(std::isfinite(value) && value >= 0)) return bad(field, value, "must be a finite number >= 0");
+  }
+  if (cfg.distill_weight_end() != -1 && !(std::isfinite(cfg.distill_weight_end()) && cfg.distill_weight_end() >= 0)) {
+    return bad("distill_weight_end", cfg.distill_weight_end(), "must be -1 (constant) or a finite number >= 0");
   }
   for (const auto& [field, value] : {std::pair<const char*, double>{"beta1", cfg.beta1()}, {"beta2", cfg.beta2()}}) {
     if (!(value >= 0 && value < 1)) return bad(field, value, "must be in [0, 1)");

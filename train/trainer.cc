@@ -22,6 +22,7 @@
 #include "moe/moe_model.h"
 #include "nlohmann/json.hpp"
 #include "train/data_loader.h"
+#include "train/distill.h"
 #include "train/memory_plan.h"
 #include "train/progress.h"
 #include "train/sharded_adamw.h"
@@ -56,12 +57,13 @@ struct StepStats {
     std::vector<double> load;  // [E] (token, slot) pairs per expert
     double entropy = 0;        // mean router entropy per token (nats)
   };
-  double loss_sum = 0;  // summed cross-entropy of the step's tokens
+  double loss_sum = 0;     // summed cross-entropy of the step's tokens
+  double distill_sum = 0;  // summed KL(dense || model) of the step's tokens, when distilling
   std::vector<Layer> layers;
 
   // All ranks' statistics: one all-reduce of the packed values.
   absl::StatusOr<StepStats> SumOverRanks(Communicator& comm) const {
-    std::vector<double> v = {loss_sum};
+    std::vector<double> v = {loss_sum, distill_sum};
     for (const Layer& l : layers) {
       v.insert(v.end(), l.load.begin(), l.load.end());
       v.push_back(l.entropy / comm.world_size());
@@ -70,6 +72,7 @@ struct StepStats {
     StepStats out = *this;
     size_t i = 0;
     out.loss_sum = sum[i++];
+    out.distill_sum = sum[i++];
     for (Layer& l : out.layers) {
       for (double& x : l.load) x = sum[i++];
       l.entropy = sum[i++];
@@ -165,6 +168,10 @@ absl::StatusOr<std::vector<double>> SetUpModel(TrainingRun& t, const std::string
   mo.moe.z_loss_coef = t.cfg.z_loss_coef();
   mo.release_pages = true;  // the copies train; the file pages need not stay resident beside them
   ASSIGN_OR_RETURN(t.loaded, LoadModel(start_dir, mo));
+  if (Distills(t.cfg) && !t.loaded.moe) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "distill_weight needs an MoE model (its teacher is the identity routing); '", start_dir, "' is dense"));
+  }
   ASSIGN_OR_RETURN(t.checkpoints, MakeCheckpointContext(t.cfg.output_dir(), start_dir));
   t.checkpoints.keep = t.cfg.keep_checkpoints();
   t.checkpoints.write_timeout = std::chrono::seconds(t.cfg.checkpoint_timeout_seconds());
@@ -259,6 +266,7 @@ absl::StatusOr<std::unique_ptr<TrainingRun>> SetUp(const TrainConfig& cfg, const
 absl::StatusOr<StepStats> ForwardBackward(TrainingRun& t) {
   StepStats s;
   const int64_t micro_steps = t.loader->micro_steps(), world = t.comm->world_size();
+  const double distill = DistillWeight(t.cfg, t.step);
   for (int64_t a = 0; a < micro_steps; ++a) {
     ASSIGN_OR_RETURN(at::Tensor batch, t.loader->Batch(t.step, a, t.comm->rank()));
     batch = batch.to(t.device);
@@ -266,12 +274,25 @@ absl::StatusOr<StepStats> ForwardBackward(TrainingRun& t) {
     fo.enable_grad = true;
     fo.checkpoint_layers = t.cfg.activation_checkpointing();
     try {
-      const at::Tensor logits = t.loaded.model->ForwardUnchecked(batch.narrow(1, 0, t.cfg.seq_len()), fo);
+      const at::Tensor inputs = batch.narrow(1, 0, t.cfg.seq_len());
+      at::Tensor teacher;
+      if (distill > 0) {
+        // The dense model: identity routing of the same weights, without gradients or statistics.
+        t.loaded.SetRouting(RoutingMode::kIdentity);
+        teacher = t.loaded.model->ForwardUnchecked(inputs, ForwardOptions{});
+        t.loaded.SetRouting(RoutingMode::kRouted);
+      }
+      const at::Tensor logits = t.loaded.model->ForwardUnchecked(inputs, fo);
       const at::Tensor targets = batch.narrow(1, 1, t.cfg.seq_len()).reshape({-1});
       const at::Tensor ce =
           at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets, {}, at::Reduction::Sum);
       // Scaled so that summing over micro-steps and ranks gives the global mean's gradient.
       at::Tensor loss = ce / static_cast<double>(t.tokens_per_step);
+      if (teacher.defined()) {
+        const at::Tensor kl = DistillationLoss(logits, teacher);
+        loss = loss + kl * (distill / static_cast<double>(t.tokens_per_step));
+        s.distill_sum += kl.item<double>();
+      }
       for (MoeFeedForward* l : t.loaded.moe_layers) {
         at::Tensor aux = l->TakeAuxLoss();
         if (aux.defined()) loss = loss + aux / static_cast<double>(micro_steps * world);
@@ -364,9 +385,15 @@ absl::StatusOr<double> TrainStep(TrainingRun& t) {
   ++t.step;
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (t.lead()) {
-    t.metrics.Write(json({{"step", t.step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
-                          {"tokens_per_s", t.tokens_per_step / seconds}, {"seconds", seconds}, {"layers", layers}})
-                        .dump());
+    json line = {{"step", t.step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
+                 {"tokens_per_s", t.tokens_per_step / seconds}, {"seconds", seconds}, {"layers", layers}};
+    if (Distills(t.cfg)) {
+      const double w = DistillWeight(t.cfg, t.step - 1);
+      line["distill_weight"] = w;
+      // A step of weight 0 skips the teacher: its KL is not measured.
+      line["distill_kl"] = w > 0 ? json(stats.distill_sum / t.tokens_per_step) : json(nullptr);
+    }
+    t.metrics.Write(line.dump());
     if (t.cfg.log_every() > 0 && (t.step % t.cfg.log_every() == 0 || t.step == t.stop_at)) {
       t.progress->Update(t.step, loss, lr, t.tokens_per_step / seconds);
     }
