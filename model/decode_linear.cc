@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "model/bfloat16.h"
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define LLAMA_MOE_DECODE_X86 1
 #pragma GCC diagnostic push
@@ -24,21 +26,7 @@ namespace llama_moe {
 namespace {
 
 inline float Widen(float v) { return v; }
-inline float Widen(uint16_t bits) {  // bfloat16 is the top half of a float32
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-// Round to nearest even, as ATen's float32 -> bfloat16 conversion; NaN stays NaN.
-inline uint16_t RoundToBf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
+inline float Widen(uint16_t bits) { return Bf16ToFloat(bits); }
 
 // Weight rows handled together for M rows of x: R * M accumulators stay in registers, and R
 // weight streams are read at once.
