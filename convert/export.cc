@@ -308,14 +308,15 @@ struct GgufChoice {
   std::string arch;           // "llama" or "ernie4_5-moe"
   bool keep_bias = false;     // write exp_probs_b
   bool keep_rope_factors = false;
+  GgufWriter tokenizer;       // the tokenizer's metadata, read once while planning
 };
 
-absl::StatusOr<GgufChoice> ChooseGgufArchitecture(const ExportOptions& o, const Source& s, ExportPlan* plan) {
-  GgufChoice c;
+absl::Status ChooseGgufArchitecture(const ExportOptions& o, const Source& s, ExportPlan* plan, GgufChoice* choice) {
+  GgufChoice& c = *choice;
   c.arch = "llama";
   const bool rope_changes = RopeScalingChangesFrequencies(s.cfg);
   c.keep_rope_factors = rope_changes;
-  if (!s.moe) return c;
+  if (!s.moe) return absl::OkStatus();
   const MoeConfig& m = *s.moe;
   if (m.score_function != ScoreFunction::kSoftmax) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -328,11 +329,11 @@ absl::StatusOr<GgufChoice> ChooseGgufArchitecture(const ExportOptions& o, const 
         "llama and ernie4_5-moe architectures always do"));
   }
   ASSIGN_OR_RETURN(std::vector<int64_t> biased, LayersWithBias(s));
-  if (biased.empty()) return c;  // llama, exact
+  if (biased.empty()) return absl::OkStatus();  // llama, exact
   if (!rope_changes) {
     c.arch = "ernie4_5-moe";
     c.keep_bias = true;
-    return c;
+    return absl::OkStatus();
   }
   // No architecture carries both: measure both ways of dropping one and keep the nearer.
   ASSIGN_OR_RETURN(std::vector<int64_t> tokens, CalibrationTokens(o, s));
@@ -366,11 +367,11 @@ absl::StatusOr<GgufChoice> ChooseGgufArchitecture(const ExportOptions& o, const 
         mb.max_abs_logit_diff, mb.mean_kl);
   }
   plan->dropped.push_back(plan->approximation);
-  return c;
+  return absl::OkStatus();
 }
 
 absl::Status PlanGguf(const ExportOptions& o, const Source& s, ExportPlan* plan, GgufChoice* choice) {
-  ASSIGN_OR_RETURN(*choice, ChooseGgufArchitecture(o, s, plan));
+  RETURN_IF_ERROR(ChooseGgufArchitecture(o, s, plan, choice));
   plan->architecture = choice->arch;
   const LlamaConfig& c = s.cfg;
   plan->kept.push_back(absl::StrFormat("%d layers, hidden %d, %d/%d heads of %d, vocab %d, context %d", c.num_hidden_layers,
@@ -430,8 +431,7 @@ absl::Status WriteGguf(const ExportOptions& o, const Source& s, const ExportPlan
       w.SetU32(key("leading_dense_block_count"), 0);
     }
   }
-  ExportPlan scratch;
-  RETURN_IF_ERROR(AddTokenizer(s, &w, &scratch));
+  w.CopyMetadataFrom(choice.tokenizer);
 
   const Checkpoint& ck = *s.ckpt;
   std::vector<PlannedTensor> tensors;
@@ -664,8 +664,7 @@ absl::StatusOr<ExportPlan> PlanWith(const ExportOptions& o, const Source& s, Ggu
   ASSIGN_OR_RETURN(plan.dtype, ResolveDtype(o, s.cfg));
   if (o.format == ExportFormat::kGguf) {
     RETURN_IF_ERROR(PlanGguf(o, s, &plan, choice));
-    GgufWriter scratch;
-    RETURN_IF_ERROR(AddTokenizer(s, &scratch, &plan));
+    RETURN_IF_ERROR(AddTokenizer(s, &choice->tokenizer, &plan));
   } else {
     RETURN_IF_ERROR(PlanHfMixtral(s, &plan));
   }

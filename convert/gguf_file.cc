@@ -139,6 +139,10 @@ void GgufWriter::SetI32Array(const std::string& key, const std::vector<int32_t>&
   SetRaw(key, std::move(e));
 }
 
+void GgufWriter::CopyMetadataFrom(const GgufWriter& other) {
+  for (const std::string& key : other.kv_order_) SetRaw(key, other.kv_.at(key));
+}
+
 void GgufWriter::AddTensor(const std::string& name, GgufType type, const std::vector<int64_t>& shape) {
   Tensor t;
   t.name = name;

@@ -57,6 +57,8 @@ class GgufWriter {
   void SetBool(const std::string& key, bool value);
   void SetStringArray(const std::string& key, const std::vector<std::string>& values);
   void SetI32Array(const std::string& key, const std::vector<int32_t>& values);
+  // Every key of `other`, in its order (metadata prepared once, written into another file).
+  void CopyMetadataFrom(const GgufWriter& other);
 
   // Declares a tensor by its PyTorch shape (outermost first); GGUF stores it innermost first.
   void AddTensor(const std::string& name, GgufType type, const std::vector<int64_t>& shape);
