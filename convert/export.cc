@@ -172,20 +172,6 @@ absl::StatusOr<std::vector<int64_t>> CalibrationTokens(const ExportOptions& o, c
   return ids;
 }
 
-// Our forward's logits on `tokens`, float32, for a config (possibly altered) and an optional edit
-// of the loaded model.
-absl::StatusOr<at::Tensor> Logits(const Source& s, const LlamaConfig& cfg, const std::vector<int64_t>& tokens,
-                                  const std::function<void(LlamaForCausalLM&)>& edit) {
-  LlamaLoadOptions lo;
-  lo.dtype = DType::kF32;
-  if (s.moe) lo.ffn = MoeFeedForwardFactory(*s.moe, MoeLayerOptions{});
-  ASSIGN_OR_RETURN(std::shared_ptr<LlamaForCausalLM> model, LoadLlamaForCausalLM(*s.ckpt, cfg, lo));
-  if (edit) edit(*model);
-  at::NoGradGuard no_grad;
-  ASSIGN_OR_RETURN(at::Tensor logits, model->Forward(at::tensor(tokens, at::kLong)));
-  return logits.to(at::kFloat);
-}
-
 void ZeroSelectionBias(LlamaForCausalLM& model, int64_t num_layers) {
   for (int64_t l = 0; l < num_layers; ++l) {
     auto* layer = dynamic_cast<MoeFeedForward*>(&model.backbone().layer(l).mlp());
@@ -193,6 +179,27 @@ void ZeroSelectionBias(LlamaForCausalLM& model, int64_t num_layers) {
     at::Tensor b = layer->router().balance_state();
     if (b.defined()) b.zero_();
   }
+}
+
+// Our forward's float32 logits on `tokens` for a config (possibly altered); with
+// `also_without_bias`, a second pass on the same loaded model after zeroing every selection bias.
+absl::StatusOr<std::vector<at::Tensor>> Logits(const Source& s, const LlamaConfig& cfg,
+                                               const std::vector<int64_t>& tokens, bool also_without_bias) {
+  LlamaLoadOptions lo;
+  lo.dtype = DType::kF32;
+  if (s.moe) lo.ffn = MoeFeedForwardFactory(*s.moe, MoeLayerOptions{});
+  ASSIGN_OR_RETURN(std::shared_ptr<LlamaForCausalLM> model, LoadLlamaForCausalLM(*s.ckpt, cfg, lo));
+  at::NoGradGuard no_grad;
+  const at::Tensor ids = at::tensor(tokens, at::kLong);
+  std::vector<at::Tensor> out;
+  ASSIGN_OR_RETURN(at::Tensor logits, model->Forward(ids));
+  out.push_back(logits.to(at::kFloat));
+  if (also_without_bias) {
+    ZeroSelectionBias(*model, cfg.num_hidden_layers);
+    ASSIGN_OR_RETURN(logits, model->Forward(ids));
+    out.push_back(logits.to(at::kFloat));
+  }
+  return out;
 }
 
 // ---- GGUF -------------------------------------------------------------------------------------
@@ -337,13 +344,15 @@ absl::Status ChooseGgufArchitecture(const ExportOptions& o, const Source& s, Exp
   }
   // No architecture carries both: measure both ways of dropping one and keep the nearer.
   ASSIGN_OR_RETURN(std::vector<int64_t> tokens, CalibrationTokens(o, s));
-  ASSIGN_OR_RETURN(at::Tensor ref, Logits(s, s.cfg, tokens, nullptr));
-  const int64_t layers = s.cfg.num_hidden_layers;
-  ASSIGN_OR_RETURN(at::Tensor no_bias,
-                   Logits(s, s.cfg, tokens, [layers](LlamaForCausalLM& mdl) { ZeroSelectionBias(mdl, layers); }));
+  // One load gives the reference and the form without the bias; a second the form without the
+  // RoPE factors.
+  ASSIGN_OR_RETURN(std::vector<at::Tensor> with_scaling, Logits(s, s.cfg, tokens, /*also_without_bias=*/true));
+  const at::Tensor& ref = with_scaling[0];
+  const at::Tensor& no_bias = with_scaling[1];
   LlamaConfig plain = s.cfg;
   plain.rope_scaling.reset();
-  ASSIGN_OR_RETURN(at::Tensor no_rope, Logits(s, plain, tokens, nullptr));
+  ASSIGN_OR_RETURN(std::vector<at::Tensor> without_scaling, Logits(s, plain, tokens, /*also_without_bias=*/false));
+  const at::Tensor& no_rope = without_scaling[0];
   const Measured mb = Compare(ref, no_bias);
   const Measured mr = Compare(ref, no_rope);
   const bool drop_bias = mb.mean_kl <= mr.mean_kl;
