@@ -6,20 +6,7 @@ make_tiny="$1"; convert="$2"; logit_match="$3"; evaluate="$4"; generate="$5"; pr
 brown="$(dirname "$8")"
 work="${TEST_TMPDIR:-$(mktemp -d)}/bad_input"
 rm -rf "$work" && mkdir -p "$work"
-failures=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-
-# expect_error WHAT PATTERN COMMAND...
-expect_error() {
-  local what="$1" pattern="$2"; shift 2
-  if "$@" >"$work/out" 2>"$work/err"; then
-    fail "$what: exit status 0"
-  elif [ "$(grep -c . "$work/err")" -ne 1 ] || ! grep -q -- "$pattern" "$work/err"; then
-    fail "$what: stderr is not one line matching '$pattern':"; cat "$work/err"
-  else
-    echo "ok   $what: $(cat "$work/err")"
-  fi
-}
+source "$(dirname "$0")/cli_expect.sh"
 
 "$make_tiny" --output "$work/dense" --seed 1 >/dev/null
 "$make_tiny" --output "$work/dense_wide" --vocab 600 --seed 2 >/dev/null

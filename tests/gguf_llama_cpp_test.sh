@@ -13,8 +13,7 @@ export_bin="$1"; check="$2"; convert="$3"; make_tiny="$4"; prepare="$5"; train="
 llama3_tokenizer="$8"; brown="$(dirname "$9")"; backends="$(dirname "${10}")"; train_config="${11}"
 work="${TEST_TMPDIR:-$(mktemp -d)}/gguf"
 rm -rf "$work" && mkdir -p "$work"
-failures=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+source "$(dirname "$0")/cli_expect.sh"
 
 # Brown corpus text without its tags, one sentence per line: ca01..ca03.
 python3 - "$brown" "$work/brown.txt" <<'PY'
@@ -66,18 +65,6 @@ check moe_f16 "$work/moe" --dtype f16 -- --tolerance 2e-3 --greedy_tokens 0
 check moe_bf16 "$work/moe" --dtype bf16 -- --tolerance 0.2 --greedy_tokens 0
 
 # Bad input.
-expect_error() {
-  local what="$1" pattern="$2"; shift 2
-  if "$@" >"$work/out" 2>"$work/err"; then
-    fail "$what: exit status 0"
-  elif [ "$(grep -c . "$work/err")" -ne 1 ] || ! grep -q -- "$pattern" "$work/err"; then
-    fail "$what: stderr is not one line matching '$pattern':"; cat "$work/err"
-  else
-    echo "ok   $what: $(cat "$work/err")"
-  fi
-  ls "$work" | grep -q "^never" && fail "$what: something was written"
-  return 0
-}
 expect_error "unknown format" "unknown export format 'onnx'" \
   "$export_bin" --model "$shipped" --format onnx --output "$work/never.onnx"
 expect_error "existing output" "exists (pass --overwrite" \
