@@ -162,6 +162,8 @@ absl::StatusOr<json> Evaluate(const EvalOptions& o, std::shared_ptr<const TokenS
   report["seq_len"] = o.seq_len;
   report["windows"] = windows;
   report["tokens"] = tokens;
+  // Chat data: the tokens scored are the assistant turns' only.
+  report["loss_mask"] = data->has_loss_mask();
   if (reference) {
     const double nll = ref_sums.nll / tokens;
     report["reference"] = {{"model", o.reference_dir}, {"loss", nll}, {"perplexity", std::exp(nll)}};

@@ -44,8 +44,9 @@ struct EvalOptions {
   c10::Device device = c10::Device(c10::kCPU);  // e.g. cuda:0
 };
 
-// {"model": ..., "reference": {...}, "tokens": N, "results": [{"mode", "loss", "perplexity",
-//   "kl_to_reference", "top1_agreement", "layers": [{"load": [...], "max_over_mean", "entropy"}]}]}
+// {"model": ..., "reference": {...}, "tokens": N, "loss_mask": bool (chat data: the assistant's tokens
+//   only are scored), "results": [{"mode", "loss", "perplexity", "kl_to_reference", "top1_agreement",
+//   "layers": [{"load": [...], "max_over_mean", "entropy"}]}]}
 absl::StatusOr<nlohmann::json> Evaluate(const EvalOptions& options);
 // The same on a given token stream (options.data_dir and text_file are not read).
 absl::StatusOr<nlohmann::json> Evaluate(const EvalOptions& options, std::shared_ptr<const TokenStream> data);

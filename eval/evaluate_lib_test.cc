@@ -95,7 +95,9 @@ TEST(EvaluateTest, MemoryDoesNotGrowWithTheNumberOfWindows) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ((*r)["windows"], 64);
   const int64_t growth = PeakRssBytes() - after_8;
-  EXPECT_LT(growth, int64_t{64} << 20) << "peak RSS grew by " << growth / 1e6 << " MB from 8 to 64 windows";
+  // Keeping each window's log-probabilities would add ~900 MB; the allocator's own slack after
+  // the earlier tests of this binary reaches ~70 MB, so the bound sits well between the two.
+  EXPECT_LT(growth, int64_t{192} << 20) << "peak RSS grew by " << growth / 1e6 << " MB from 8 to 64 windows";
 }
 
 }  // namespace

@@ -72,6 +72,8 @@ def main():
                "|---|---|---|---|---|---|---|"]
         bars = []
         for label, e in evals:
+            if e.get("loss_mask"):
+                label += " (assistant tokens)"
             if "reference" in e:
                 md.append("| reference of %s | dense | %.3f | %.4f | | | %d |" % (
                     label, e["reference"]["perplexity"], e["reference"]["loss"], e["tokens"]))

@@ -80,15 +80,21 @@ std::string FormatLlama3Chat(absl::Span<const ChatMessage> messages, bool add_ge
   return out;
 }
 
-absl::StatusOr<std::vector<int32_t>> EncodeLlama3Chat(const Tokenizer& tokenizer,
-                                                      absl::Span<const ChatMessage> messages,
-                                                      bool add_generation_prompt) {
+namespace {
+
+// Both id forms: `assistant`, when given, receives the per-token marks of EncodedChat.
+absl::StatusOr<std::vector<int32_t>> EncodeChat(const Tokenizer& tokenizer, absl::Span<const ChatMessage> messages,
+                                                bool add_generation_prompt, std::vector<uint8_t>* assistant) {
   ASSIGN_OR_RETURN(const int32_t bos, SpecialId(tokenizer, kBeginOfText));
   ASSIGN_OR_RETURN(const int32_t start_header, SpecialId(tokenizer, kStartHeader));
   ASSIGN_OR_RETURN(const int32_t end_header, SpecialId(tokenizer, kEndHeader));
   ASSIGN_OR_RETURN(const int32_t eot, SpecialId(tokenizer, kEndOfTurn));
   const std::vector<int32_t> blank_line = tokenizer.Encode("\n\n");
   std::vector<int32_t> ids = {bos};
+  auto mark = [&](uint8_t value) {
+    if (assistant != nullptr) assistant->resize(ids.size(), value);
+  };
+  mark(0);
   auto append = [&ids](const std::vector<int32_t>& more) {
     ids.insert(ids.end(), more.begin(), more.end());
   };
@@ -99,14 +105,31 @@ absl::StatusOr<std::vector<int32_t>> EncodeLlama3Chat(const Tokenizer& tokenizer
     append(tokenizer.Encode(role));
     ids.push_back(end_header);
     append(blank_line);
+    mark(0);
   };
   for (const ChatMessage& m : messages) {
     header(m.role);
     append(tokenizer.Encode(StripPythonWhitespace(m.content)));
     ids.push_back(eot);
+    mark(m.role == "assistant" ? 1 : 0);
   }
   if (add_generation_prompt) header("assistant");
   return ids;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<int32_t>> EncodeLlama3Chat(const Tokenizer& tokenizer,
+                                                      absl::Span<const ChatMessage> messages,
+                                                      bool add_generation_prompt) {
+  return EncodeChat(tokenizer, messages, add_generation_prompt, nullptr);
+}
+
+absl::StatusOr<EncodedChat> EncodeLlama3ChatForTraining(const Tokenizer& tokenizer,
+                                                        absl::Span<const ChatMessage> messages) {
+  EncodedChat out;
+  ASSIGN_OR_RETURN(out.ids, EncodeChat(tokenizer, messages, /*add_generation_prompt=*/false, &out.assistant));
+  return out;
 }
 
 }  // namespace llama_moe

@@ -14,6 +14,8 @@
 //   // "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>..."
 //   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromFile("/models/llama3-8b/tokenizer.json"));
 //   ASSIGN_OR_RETURN(std::vector<int32_t> ids, EncodeLlama3Chat(*tokenizer, chat, true));
+//   chat.push_back({"assistant", "Hello."});
+//   ASSIGN_OR_RETURN(EncodedChat train, EncodeLlama3ChatForTraining(*tokenizer, chat));  // ids + marks
 #ifndef LLAMA_MOE_MODEL_CHAT_TEMPLATE_H_
 #define LLAMA_MOE_MODEL_CHAT_TEMPLATE_H_
 
@@ -41,6 +43,17 @@ std::string FormatLlama3Chat(absl::Span<const ChatMessage> messages, bool add_ge
 absl::StatusOr<std::vector<int32_t>> EncodeLlama3Chat(const Tokenizer& tokenizer,
                                                       absl::Span<const ChatMessage> messages,
                                                       bool add_generation_prompt);
+
+// The chat as token ids for fine-tuning, with the tokens it learns marked: assistant[i] is 1 for
+// the content of an assistant turn and the <|eot_id|> that closes it (so the model learns to end
+// its turn), 0 for BOS, every header (the assistant's own header is the prompt at inference) and
+// the other roles' turns.
+struct EncodedChat {
+  std::vector<int32_t> ids;
+  std::vector<uint8_t> assistant;  // same length as ids
+};
+absl::StatusOr<EncodedChat> EncodeLlama3ChatForTraining(const Tokenizer& tokenizer,
+                                                        absl::Span<const ChatMessage> messages);
 
 // `text` without leading and trailing whitespace as Python's str.strip() defines it (Unicode
 // White_Space plus the ASCII separators U+001C..U+001F).

@@ -84,6 +84,35 @@ TEST(ChatTemplateTest, SpecialStringsInContentStayText) {
   EXPECT_EQ(*tok->Decode(*ids), FormatLlama3Chat(chat, false));
 }
 
+TEST(ChatTemplateTest, TrainingFormMarksAssistantContentAndItsEndOfTurn) {
+  auto tok = TinyTokenizer();
+  ASSERT_NE(tok, nullptr);
+  const std::vector<ChatMessage> chat = {{"system", "s"}, {"user", "u"}, {"assistant", " ab "}, {"user", "v"},
+                                         {"assistant", "c"}};
+  auto encoded = EncodeLlama3ChatForTraining(*tok, chat);
+  ASSERT_TRUE(encoded.ok()) << encoded.status();
+  auto ids = EncodeLlama3Chat(*tok, chat, false);
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ(encoded->ids, *ids);
+  ASSERT_EQ(encoded->assistant.size(), encoded->ids.size());
+  // The marked tokens, in order, are "ab" <|eot_id|> "c" <|eot_id|>: the assistant's content and
+  // turn ends, never a header or another role's text.
+  std::vector<int32_t> marked;
+  for (size_t i = 0; i < encoded->ids.size(); ++i) {
+    if (encoded->assistant[i]) marked.push_back(encoded->ids[i]);
+  }
+  EXPECT_THAT(marked, ElementsAre('a', 'b', 269, 'c', 269));
+  // Each assistant header ("<|start_header_id|>assistant<|end_header_id|>\n\n") stays unmarked.
+  size_t headers = 0;
+  for (size_t i = 0; i < encoded->ids.size(); ++i) {
+    if (encoded->ids[i] == 266 || encoded->ids[i] == 267 || encoded->ids[i] == 260) {
+      EXPECT_EQ(encoded->assistant[i], 0) << "token " << i;
+      ++headers;
+    }
+  }
+  EXPECT_EQ(headers, 1 + 2 * chat.size());
+}
+
 TEST(ChatTemplateTest, TokenizerWithoutChatTokensFails) {
   // A tokenizer.json with only the byte tokens: no special tokens at all.
   const std::string path = absl::StrCat(std::getenv("TEST_TMPDIR"), "/plain.json");

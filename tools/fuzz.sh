@@ -43,7 +43,7 @@ target_spec() {
     token_shards)
       echo "train/fuzz/token_shards_fuzzer.cc train/token_shards.cc model/file_util.cc model/json_util.cc|||4096" ;;
     corpus_reader)
-      echo "train/fuzz/corpus_reader_fuzzer.cc train/corpus_reader.cc model/file_util.cc|||4096" ;;
+      echo "train/fuzz/corpus_reader_fuzzer.cc train/corpus_reader.cc model/file_util.cc model/json_util.cc|||4096" ;;
     *)
       echo "tools/fuzz.sh: unknown target '$1' (one of: ${all_targets[*]}, all)" >&2
       return 1 ;;

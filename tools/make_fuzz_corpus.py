@@ -105,7 +105,13 @@ def shard_seeds():
                     {"file": "train-00000.tok", "num_tokens": 8, "num_documents": 2,
                      "payload_fnv1a64": "0x%016x" % fnv1a64(payload)}]},
                     "heldout": {"num_tokens": 0, "num_documents": 0, "shards": []}}}
+    # The same tokens with a loss mask (dtype 2): bit 31 set on the tokens outside the loss.
+    words = [t | (1 << 31 if i % 2 else 0) for i, t in enumerate(tokens)]
+    masked_payload = struct.pack("<%dI" % len(words), *words)
+    masked = b"LMTOKSH1" + struct.pack("<IIQQQII", 1, 2, len(words), 2, fnv1a64(masked_payload), 300, 257)
+    masked += b"\x00" * (64 - len(masked))
     return {"shard": b"\x01" + header + payload,
+            "shard_masked": b"\x01" + masked + masked_payload,
             "manifest": b"\x00" + json.dumps(manifest, indent=2).encode()}
 
 
@@ -114,7 +120,10 @@ def corpus_seeds():
              b"investigation/nn of/in ``/`` no/at evidence/nn ''/'' that/cs 1/2/cd ./.\n\n\n"
              b"\tThe/at jury/nn further/rbr said/vbd ./.\n")
     text = b"First document,\nits second line.\n\n  \t\nSecond document.\r\n\n\nThird \xe2\x80\x94 with UTF-8.\n"
-    return {"brown": b"\x01" + brown, "text": b"\x00" + text}
+    chat = (b'{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, '
+            b'{"role": "assistant", "content": "Hello"}]}\n\n'
+            b'{"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}\n')
+    return {"brown": b"\x01" + brown, "text": b"\x00" + text, "chat": b"\x02" + chat}
 
 
 def recipe_seeds():

@@ -6,9 +6,11 @@
 #include <algorithm>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "model/file_util.h"
+#include "model/json_util.h"
 #include "model/status_macros.h"
 
 namespace llama_moe {
@@ -45,11 +47,21 @@ absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& dir, C
 absl::StatusOr<CorpusFormat> ParseCorpusFormat(absl::string_view name) {
   if (name == "text") return CorpusFormat::kText;
   if (name == "brown") return CorpusFormat::kBrown;
-  return absl::InvalidArgumentError(absl::StrCat("unknown input format '", name, "' (expected text or brown)"));
+  if (name == "chat") return CorpusFormat::kChat;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown input format '", name, "' (expected text, brown or chat)"));
 }
 
 const char* CorpusFormatName(CorpusFormat format) {
-  return format == CorpusFormat::kBrown ? "brown" : "text";
+  switch (format) {
+    case CorpusFormat::kBrown:
+      return "brown";
+    case CorpusFormat::kChat:
+      return "chat";
+    case CorpusFormat::kText:
+      break;
+  }
+  return "text";
 }
 
 absl::StatusOr<std::vector<std::string>> ListInputFiles(const std::vector<std::string>& inputs,
@@ -125,12 +137,59 @@ std::string BrownToText(absl::string_view content) {
 }
 
 absl::StatusOr<std::vector<std::string>> ReadDocuments(const std::string& path, CorpusFormat format) {
+  if (format == CorpusFormat::kChat) {
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is chat data: read it with ReadConversations"));
+  }
   ASSIGN_OR_RETURN(const std::string content, ReadFileToString(path));
   if (format == CorpusFormat::kText) return SplitTextDocuments(content);
   std::string text = BrownToText(content);
   std::vector<std::string> documents;
   if (!text.empty()) documents.push_back(std::move(text));
   return documents;
+}
+
+absl::StatusOr<std::vector<std::vector<ChatMessage>>> ParseChatJsonl(absl::string_view content,
+                                                                     absl::string_view path) {
+  std::vector<std::vector<ChatMessage>> conversations;
+  size_t line_number = 0;
+  for (absl::string_view line : absl::StrSplit(content, '\n')) {
+    ++line_number;
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    const std::string where = absl::StrCat("chat data '", path, "' line ", line_number);
+    ASSIGN_OR_RETURN(const nlohmann::json json, ParseJson(line, where));
+    auto error = [&where](auto&&... parts) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": ", parts...));
+    };
+    if (!json.is_object()) return error("not a JSON object");
+    auto messages = json.find("messages");
+    if (messages == json.end() || !messages->is_array()) return error("no \"messages\" array");
+    std::vector<ChatMessage> conversation;
+    bool has_assistant = false;
+    for (size_t i = 0; i < messages->size(); ++i) {
+      const nlohmann::json& m = (*messages)[i];
+      if (!m.is_object()) return error("message ", i, " is not an object");
+      auto role = m.find("role");
+      auto text = m.find("content");
+      if (role == m.end() || !role->is_string()) return error("message ", i, " has no string \"role\"");
+      if (text == m.end() || !text->is_string()) return error("message ", i, " has no string \"content\"");
+      ChatMessage message{role->get<std::string>(), text->get<std::string>()};
+      if (message.role != "system" && message.role != "user" && message.role != "assistant" &&
+          message.role != "ipython") {
+        return error("message ", i, " has role '", absl::CHexEscape(message.role),
+                     "' (expected system, user, assistant or ipython)");
+      }
+      has_assistant |= message.role == "assistant";
+      conversation.push_back(std::move(message));
+    }
+    if (!has_assistant) return error("the conversation has no assistant turn, so nothing in it is learned");
+    conversations.push_back(std::move(conversation));
+  }
+  return conversations;
+}
+
+absl::StatusOr<std::vector<std::vector<ChatMessage>>> ReadConversations(const std::string& path) {
+  ASSIGN_OR_RETURN(const std::string content, ReadFileToString(path));
+  return ParseChatJsonl(content, path);
 }
 
 }  // namespace llama_moe

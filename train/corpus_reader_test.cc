@@ -68,7 +68,50 @@ TEST(ListInputFilesTest, DirectoriesAreSortedAndFiltered) {
 TEST(CorpusFormatTest, ParsesNames) {
   EXPECT_EQ(*ParseCorpusFormat("brown"), CorpusFormat::kBrown);
   EXPECT_EQ(*ParseCorpusFormat("text"), CorpusFormat::kText);
+  EXPECT_EQ(*ParseCorpusFormat("chat"), CorpusFormat::kChat);
+  EXPECT_STREQ(CorpusFormatName(CorpusFormat::kChat), "chat");
   EXPECT_THAT(ParseCorpusFormat("html").status().message(), HasSubstr("html"));
+}
+
+TEST(ChatJsonlTest, ReadsConversationsInOrder) {
+  absl::StatusOr<std::vector<std::vector<ChatMessage>>> chats = ParseChatJsonl(
+      "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, "
+      "{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello\"}], "
+      "\"id\": 7}\n"
+      "\n   \n"
+      "{\"messages\": [{\"role\": \"user\", \"content\": \"2+2?\", \"name\": \"x\"}, "
+      "{\"role\": \"assistant\", \"content\": \"4\"}, {\"role\": \"ipython\", \"content\": \"{}\"}]}",
+      "chats.jsonl");
+  ASSERT_TRUE(chats.ok()) << chats.status();
+  ASSERT_EQ(chats->size(), 2u);
+  ASSERT_EQ((*chats)[0].size(), 3u);
+  EXPECT_EQ((*chats)[0][0].role, "system");
+  EXPECT_EQ((*chats)[0][2].content, "Hello");
+  EXPECT_EQ((*chats)[1][2].role, "ipython");
+  EXPECT_TRUE(ParseChatJsonl("", "empty.jsonl")->empty());
+}
+
+TEST(ChatJsonlTest, BadConversationsNameFileLineAndProblem) {
+  const std::string good = "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, "
+                           "{\"role\": \"assistant\", \"content\": \"b\"}]}\n";
+  const std::pair<std::string, std::string> cases[] = {
+      {"{\"messages\": [{\"role\": \"bot\", \"content\": \"a\"}]}", "message 0 has role 'bot'"},
+      {"{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}", "no assistant turn"},
+      {"{\"messages\": []}", "no assistant turn"},
+      {"{\"messages\": [{\"role\": \"assistant\", \"content\": 5}]}", "message 0 has no string \"content\""},
+      {"{\"messages\": [{\"content\": \"a\"}]}", "message 0 has no string \"role\""},
+      {"{\"messages\": [\"hi\"]}", "message 0 is not an object"},
+      {"{\"conversation\": []}", "no \"messages\" array"},
+      {"[1, 2]", "not a JSON object"},
+      {"{\"messages\": [", "not valid JSON"},
+  };
+  for (const auto& [line, problem] : cases) {
+    absl::StatusOr<std::vector<std::vector<ChatMessage>>> chats = ParseChatJsonl(good + line + "\n", "d/c.jsonl");
+    ASSERT_FALSE(chats.ok()) << line;
+    EXPECT_EQ(chats.status().code(), absl::StatusCode::kInvalidArgument) << line;
+    EXPECT_THAT(chats.status().message(), HasSubstr("chat data 'd/c.jsonl' line 2")) << line;
+    EXPECT_THAT(chats.status().message(), HasSubstr(problem)) << line;
+  }
 }
 
 }  // namespace

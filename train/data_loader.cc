@@ -21,6 +21,7 @@ absl::StatusOr<std::shared_ptr<const TokenStream>> TokenStream::Open(const std::
   std::shared_ptr<TokenStream> stream(new TokenStream());
   stream->name_ = absl::StrCat(dir, ":", split);
   stream->eos_id_ = manifest.eos_id;
+  stream->has_loss_mask_ = manifest.loss_mask;
   ASSIGN_OR_RETURN(stream->shards_, OpenSplit(dir, manifest, split));
   for (const auto& shard : stream->shards_) {
     if (shard->tokens().empty()) continue;
@@ -31,10 +32,20 @@ absl::StatusOr<std::shared_ptr<const TokenStream>> TokenStream::Open(const std::
   return std::shared_ptr<const TokenStream>(std::move(stream));
 }
 
-std::shared_ptr<const TokenStream> TokenStream::FromTokens(std::vector<uint32_t> tokens, uint32_t eos_id) {
+std::shared_ptr<const TokenStream> TokenStream::FromTokens(std::vector<uint32_t> tokens, uint32_t eos_id,
+                                                           const std::vector<uint8_t>* loss_mask) {
   std::shared_ptr<TokenStream> stream(new TokenStream());
   stream->name_ = "<memory>";
   stream->eos_id_ = eos_id;
+  if (loss_mask != nullptr) {
+    TORCH_CHECK(loss_mask->size() == tokens.size(), "FromTokens: ", tokens.size(), " tokens but ",
+                loss_mask->size(), " loss mask entries");
+    stream->has_loss_mask_ = true;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      TORCH_CHECK(tokens[i] <= kTokenIdMask, "FromTokens: token id ", tokens[i], " leaves no bit for the loss mask");
+      if (!(*loss_mask)[i]) tokens[i] |= kTokenNoLossBit;
+    }
+  }
   stream->owned_ = std::move(tokens);
   if (!stream->owned_.empty()) {
     stream->starts_.push_back(0);
@@ -44,22 +55,41 @@ std::shared_ptr<const TokenStream> TokenStream::FromTokens(std::vector<uint32_t>
   return stream;
 }
 
-void TokenStream::Read(uint64_t offset, absl::Span<int64_t> out) const {
+template <typename Visit>
+void TokenStream::VisitRange(uint64_t offset, uint64_t count, Visit visit) const {
   // Callers compute ranges from size(); a bad one is a bug, not bad data.
-  TORCH_CHECK(offset + out.size() <= size_, name_, ": read of [", offset, ", ", offset + out.size(),
-              ") past the end ", size_);
-  if (out.empty()) return;
+  TORCH_CHECK(offset + count <= size_, name_, ": read of [", offset, ", ", offset + count, ") past the end ", size_);
+  if (count == 0) return;
   // The piece holding `offset`: the last one starting at or before it.
   size_t piece = static_cast<size_t>(std::upper_bound(starts_.begin(), starts_.end(), offset) - starts_.begin()) - 1;
-  size_t done = 0;
-  while (done < out.size()) {
-    const absl::Span<const uint32_t> tokens = pieces_[piece];
+  uint64_t done = 0;
+  while (done < count) {
+    const absl::Span<const uint32_t> words = pieces_[piece];
     const uint64_t within = offset + done - starts_[piece];
-    const size_t n = std::min<uint64_t>(tokens.size() - within, out.size() - done);
-    std::copy_n(tokens.data() + within, n, out.data() + done);
+    const uint64_t n = std::min<uint64_t>(words.size() - within, count - done);
+    visit(words.data() + within, n, done);
     done += n;
     ++piece;
   }
+}
+
+void TokenStream::Read(uint64_t offset, absl::Span<int64_t> out) const {
+  const uint32_t id_mask = has_loss_mask_ ? kTokenIdMask : ~uint32_t{0};
+  VisitRange(offset, out.size(), [&](const uint32_t* words, uint64_t n, uint64_t at) {
+    for (uint64_t i = 0; i < n; ++i) out[at + i] = words[i] & id_mask;
+  });
+}
+
+void TokenStream::ReadLossMask(uint64_t offset, absl::Span<bool> out) const {
+  if (!has_loss_mask_) {
+    TORCH_CHECK(offset + out.size() <= size_, name_, ": read of [", offset, ", ", offset + out.size(),
+                ") past the end ", size_);
+    std::fill(out.begin(), out.end(), true);
+    return;
+  }
+  VisitRange(offset, out.size(), [&](const uint32_t* words, uint64_t n, uint64_t at) {
+    for (uint64_t i = 0; i < n; ++i) out[at + i] = (words[i] & kTokenNoLossBit) == 0;
+  });
 }
 
 // --- DataPosition ---
@@ -161,6 +191,32 @@ absl::StatusOr<at::Tensor> DataLoader::Batch(int64_t step, int64_t micro, int64_
   return tokens;
 }
 
+absl::StatusOr<at::Tensor> DataLoader::TargetMask(int64_t step, int64_t micro, int64_t rank) const {
+  if (!stream_->has_loss_mask()) return at::Tensor();
+  ASSIGN_OR_RETURN(const std::vector<int64_t> ids, SequenceIds(step, micro, rank));
+  const int64_t length = options_.seq_len;
+  at::Tensor mask = at::empty({static_cast<int64_t>(ids.size()), length}, at::kBool);
+  bool* data = mask.data_ptr<bool>();
+  // Row i's targets are tokens 1..L of its sequence.
+  for (size_t i = 0; i < ids.size(); ++i) {
+    stream_->ReadLossMask(static_cast<uint64_t>(ids[i]) * length + 1, absl::MakeSpan(data + i * length, length));
+  }
+  return mask;
+}
+
+absl::StatusOr<int64_t> DataLoader::StepTargets(int64_t step) const {
+  if (!stream_->has_loss_mask()) return options_.global_batch * options_.seq_len;
+  int64_t total = 0;
+  const int64_t per_micro = options_.world_size;
+  for (int64_t a = 0; a < micro_steps_; ++a) {
+    for (int64_t r = 0; r < per_micro; ++r) {
+      ASSIGN_OR_RETURN(const at::Tensor mask, TargetMask(step, a, r));
+      total += mask.sum().item<int64_t>();
+    }
+  }
+  return total;
+}
+
 DataPosition DataLoader::PositionAt(int64_t step) const {
   return DataPosition{step / steps_per_epoch_, step};
 }
@@ -214,8 +270,8 @@ std::optional<EvalBatch> EvalIterator::Next() {
     const uint64_t start = static_cast<uint64_t>(windows[i]) * seq_len_;
     const int64_t length = static_cast<int64_t>(std::min<uint64_t>(row, stream_->size() - start));
     stream_->Read(start, absl::MakeSpan(tokens + i * row, length));
-    std::fill_n(mask + i * seq_len_, length - 1, true);
-    batch.num_targets += length - 1;
+    stream_->ReadLossMask(start + 1, absl::MakeSpan(mask + i * seq_len_, length - 1));
+    batch.num_targets += std::count(mask + i * seq_len_, mask + i * seq_len_ + length - 1, true);
   }
   return batch;
 }

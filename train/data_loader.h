@@ -22,6 +22,11 @@
 // with W = 2 rank r's micro-step a is exactly the W = 1 run's micro-step 2a + r: a 2-process run
 // sees the batches of a 1-process run with twice the accumulation.
 //
+// Loss masks. A split written from chat data marks which tokens are targets (assistant turns).
+// TargetMask gives the mask of a batch's targets, StepTargets their count over the whole step
+// (the loss's denominator), and EvalIterator's target_mask leaves the others out, so held-out
+// loss on such a split is the loss on assistant tokens.
+//
 // Resume. Batch(step, micro, rank) is a pure function of the step, so the loader's whole state is
 // the DataPosition {epoch, step} saved with a checkpoint; CheckPosition rejects a position that
 // does not fit this loader (another dataset or global batch).
@@ -73,19 +78,30 @@ class TokenStream {
  public:
   // Opens split `split` of the shard set in `dir` (manifest checked, payloads verified).
   static absl::StatusOr<std::shared_ptr<const TokenStream>> Open(const std::string& dir, const std::string& split);
-  // An in-memory stream (tests, small tools); `eos_id` is used for evaluation padding only.
-  static std::shared_ptr<const TokenStream> FromTokens(std::vector<uint32_t> tokens, uint32_t eos_id);
+  // An in-memory stream (tests, small tools); `eos_id` is used for evaluation padding only. With
+  // `loss_mask` (one entry per token, non-zero: a loss target) the stream carries a loss mask.
+  static std::shared_ptr<const TokenStream> FromTokens(std::vector<uint32_t> tokens, uint32_t eos_id,
+                                                       const std::vector<uint8_t>* loss_mask = nullptr);
 
   uint64_t size() const { return size_; }  // N
   uint32_t eos_id() const { return eos_id_; }
   const std::string& name() const { return name_; }  // "dir:split", for messages
   // Copies tokens [offset, offset + out.size()) as int64 into `out`; the range must be in bounds.
   void Read(uint64_t offset, absl::Span<int64_t> out) const;
+  // Whether the split has a loss mask (chat data); without one every token is a target.
+  bool has_loss_mask() const { return has_loss_mask_; }
+  // out[i] = whether token offset + i counts as a loss target (all true without a mask).
+  void ReadLossMask(uint64_t offset, absl::Span<bool> out) const;
 
  private:
   TokenStream() = default;
+  // Calls visit(words, n, done) for consecutive runs of the stored words of [offset, offset + count).
+  template <typename Visit>
+  void VisitRange(uint64_t offset, uint64_t count, Visit visit) const;
+
   std::string name_;
   uint32_t eos_id_ = 0;
+  bool has_loss_mask_ = false;
   std::vector<std::unique_ptr<TokenShard>> shards_;  // owns the mappings behind pieces_
   std::vector<uint32_t> owned_;                      // FromTokens storage
   std::vector<absl::Span<const uint32_t>> pieces_;   // non-empty, in order
@@ -121,11 +137,18 @@ class DataLoader {
   int64_t steps_per_epoch() const { return steps_per_epoch_; }  // floor(S / G)
   int64_t micro_steps() const { return micro_steps_; }          // A = G / (W * M)
   const DataLoaderOptions& options() const { return options_; }
+  bool has_loss_mask() const { return stream_->has_loss_mask(); }
 
   // The sequence indices of (step, micro-step, rank): M entries of the step's batch (see above).
   absl::StatusOr<std::vector<int64_t>> SequenceIds(int64_t step, int64_t micro, int64_t rank) const;
   // Those sequences as int64 [M, L + 1] on the CPU.
   absl::StatusOr<at::Tensor> Batch(int64_t step, int64_t micro, int64_t rank) const;
+  // With a loss mask: bool [M, L], true where the batch's target (tokens[:, 1:]) counts in the
+  // loss; an undefined tensor when the stream has no mask (every target counts).
+  absl::StatusOr<at::Tensor> TargetMask(int64_t step, int64_t micro, int64_t rank) const;
+  // How many targets of step `step` count, over all its micro-steps and ranks: G * L without a
+  // mask. Every rank computes it alone from the data, so the loss is normalised without a collective.
+  absl::StatusOr<int64_t> StepTargets(int64_t step) const;
   // Sequence `index` (< S): tokens [index * L, index * L + L + 1).
   void ReadSequence(int64_t index, absl::Span<int64_t> out) const;
   // P_e, the order of epoch `epoch` (a permutation of [0, S)).
@@ -153,7 +176,7 @@ class DataLoader {
 // One evaluation batch: B windows of the held-out stream, in order.
 struct EvalBatch {
   at::Tensor tokens;       // int64 [B, L + 1]; positions past the stream's end hold EOS
-  at::Tensor target_mask;  // bool [B, L]: true where tokens[:, 1:] is a real target
+  at::Tensor target_mask;  // bool [B, L]: true where tokens[:, 1:] is a real target (and in the loss mask)
   int64_t num_targets = 0;  // target_mask.sum()
   int64_t first_window = 0;  // index of row 0's window
 };

@@ -267,5 +267,57 @@ TEST(EvalIteratorTest, WindowsCoverTheSplitOnce) {
   EXPECT_FALSE(EvalIterator::Create(CountingStream(), 10, 3, 2, 2).ok());
 }
 
+// The counting stream with a loss mask: token i is a target iff i % 3 == 0.
+std::shared_ptr<const TokenStream> MaskedCountingStream(uint32_t n = 1001) {
+  std::vector<uint32_t> tokens(n);
+  std::iota(tokens.begin(), tokens.end(), 0u);
+  std::vector<uint8_t> mask(n);
+  for (uint32_t i = 0; i < n; ++i) mask[i] = i % 3 == 0;
+  return TokenStream::FromTokens(std::move(tokens), kEos, &mask);
+}
+
+TEST(DataLoaderTest, TargetMaskFollowsTheTargetsOfEachRow) {
+  std::unique_ptr<DataLoader> plain = MakeLoader(Options(8, 2, 2));
+  ASSERT_NE(plain, nullptr);
+  EXPECT_FALSE(plain->has_loss_mask());
+  EXPECT_FALSE(plain->TargetMask(0, 0, 0)->defined());
+  EXPECT_EQ(*plain->StepTargets(3), 8 * 10);
+
+  std::unique_ptr<DataLoader> loader = MakeLoader(Options(8, 2, 2), MaskedCountingStream());
+  ASSERT_NE(loader, nullptr);
+  EXPECT_TRUE(loader->has_loss_mask());
+  for (int64_t step : {0, 5}) {
+    int64_t total = 0;
+    for (int64_t a = 0; a < loader->micro_steps(); ++a) {
+      for (int64_t r = 0; r < 2; ++r) {
+        const at::Tensor tokens = Batch(*loader, step, a, r);
+        absl::StatusOr<at::Tensor> mask = loader->TargetMask(step, a, r);
+        ASSERT_TRUE(mask.ok()) << mask.status();
+        ASSERT_EQ(mask->sizes(), (std::vector<int64_t>{2, 10}));
+        // The tokens are still the plain ids: the stored flag never reaches the model.
+        EXPECT_EQ(tokens.max().item<int64_t>(), tokens.max().item<int64_t>() & kTokenIdMask);
+        const at::Tensor expected = tokens.narrow(1, 1, 10).remainder(3).eq(0);
+        EXPECT_TRUE(at::equal(*mask, expected)) << "step " << step << " micro " << a << " rank " << r;
+        total += mask->sum().item<int64_t>();
+      }
+    }
+    EXPECT_EQ(*loader->StepTargets(step), total);
+  }
+}
+
+TEST(EvalIteratorTest, LossMaskLeavesTheOtherTargetsOut) {
+  absl::StatusOr<EvalIterator> it = EvalIterator::Create(MaskedCountingStream(1005), 10, 4);
+  ASSERT_TRUE(it.ok());
+  int64_t targets = 0;
+  while (std::optional<EvalBatch> b = it->Next()) {
+    EXPECT_EQ(b->num_targets, b->target_mask.sum().item<int64_t>());
+    // Every target kept is a multiple of 3 and a real token (not padding).
+    const at::Tensor kept = b->tokens.narrow(1, 1, 10).masked_select(b->target_mask);
+    EXPECT_TRUE(kept.remainder(3).eq(0).all().item<bool>());
+    targets += b->num_targets;
+  }
+  EXPECT_EQ(targets, 334);  // 3, 6, ..., 1002: the multiples of 3 in [1, 1004]
+}
+
 }  // namespace
 }  // namespace llama_moe

@@ -27,8 +27,10 @@
 namespace llama_moe {
 
 // Sum over positions of KL(softmax(teacher) || softmax(student)), in nats; logits [..., V], any
-// float dtype (computed in float32). Gradients flow to the student only.
-at::Tensor DistillationLoss(const at::Tensor& student_logits, const at::Tensor& teacher_logits);
+// float dtype (computed in float32). Gradients flow to the student only. With `mask` (bool, the
+// logits' leading shape) only the positions where it is true count.
+at::Tensor DistillationLoss(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
+                            const at::Tensor& mask = at::Tensor());
 
 // The distillation weight at `step` (0-based) of a run of cfg.steps() steps: linear from
 // distill_weight to distill_weight_end (constant when the end is -1).

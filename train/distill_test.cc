@@ -29,6 +29,21 @@ TEST(DistillTest, EqualsTheKlSumAndTrainsOnlyTheStudent) {
   EXPECT_FALSE(teacher.grad().defined());
 }
 
+TEST(DistillTest, MaskedPositionsAddNothingAndGetNoGradient) {
+  const at::Tensor teacher = at::randn({2, 3, 11}, at::kDouble);
+  const at::Tensor student = at::randn({2, 3, 11}, at::kDouble).requires_grad_(true);
+  const at::Tensor mask = at::tensor({1, 0, 1, 0, 0, 1}).to(at::kBool).reshape({2, 3});
+  const at::Tensor kl = DistillationLoss(student, teacher, mask);
+  const double want = DistillationLoss(student.detach().masked_select(mask.unsqueeze(-1)).reshape({3, 11}),
+                                       teacher.masked_select(mask.unsqueeze(-1)).reshape({3, 11}))
+                          .item<double>();
+  EXPECT_NEAR(kl.item<double>(), want, 1e-5 * want);
+  kl.backward();
+  const at::Tensor per_position = student.grad().abs().sum(-1);
+  EXPECT_TRUE(per_position.masked_select(mask.logical_not()).eq(0).all().item<bool>());
+  EXPECT_TRUE(per_position.masked_select(mask).gt(0).all().item<bool>());
+}
+
 TEST(DistillTest, WeightMovesLinearlyOverTheRun) {
   TrainConfig cfg;
   cfg.set_steps(11);

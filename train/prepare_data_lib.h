@@ -8,6 +8,11 @@
 // are cut at document boundaries once they reach shard_tokens. The output directory appears
 // atomically: everything is written to a sibling temporary directory that is renamed at the end.
 //
+// Chat data (CorpusFormat::kChat) gives one document per conversation, encoded in the Llama 3
+// chat format (model/chat_template.h, starting with BOS) and followed by the EOS id. Its shards
+// carry a loss mask (train/token_shards.h) in which only the assistant turns' content and closing
+// <|eot_id|> are targets; the held-out rule applies to conversations.
+//
 // Example:
 //   PrepareDataOptions options;
 //   options.tokenizer_path = "tokenizer.json";
@@ -44,6 +49,7 @@ struct PrepareDataOptions {
 struct SplitStats {
   uint64_t documents = 0;
   uint64_t tokens = 0;  // including one EOS per document
+  uint64_t loss_tokens = 0;  // tokens that are loss targets: all of them, or the assistant's in chat data
   uint64_t shards = 0;
 };
 

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -127,28 +128,33 @@ uint64_t Fnv1a64(absl::string_view bytes) { return Fnv1a64Update(kFnv1a64Offset,
 
 std::string HashToHex(uint64_t hash) { return absl::StrFormat("0x%016x", hash); }
 
-absl::Status WriteTokenShard(const std::string& path, absl::Span<const uint32_t> tokens,
-                             uint32_t vocab_size, uint32_t eos_id) {
+namespace {
+
+absl::Status WriteShardFile(const std::string& path, absl::Span<const uint32_t> words, uint32_t dtype,
+                            uint32_t vocab_size, uint32_t eos_id) {
   if (eos_id >= vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat("token shard '", path, "': EOS id ", eos_id,
                                                    " >= vocab size ", vocab_size));
   }
   TokenShardHeader header;
-  header.num_tokens = tokens.size();
+  header.dtype = dtype;
+  header.num_tokens = words.size();
   header.vocab_size = vocab_size;
   header.eos_id = eos_id;
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    if (tokens[i] >= vocab_size) {
+  const uint32_t id_mask = dtype == kTokenShardDtypeUint32Masked ? kTokenIdMask : ~uint32_t{0};
+  for (size_t i = 0; i < words.size(); ++i) {
+    const uint32_t id = words[i] & id_mask;
+    if (id >= vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat("token shard '", path, "': token ", i, " has id ",
-                                                     tokens[i], " >= vocab size ", vocab_size));
+                                                     id, " >= vocab size ", vocab_size));
     }
-    if (tokens[i] == eos_id) ++header.num_documents;
+    if (id == eos_id) ++header.num_documents;
   }
-  if (!tokens.empty() && tokens.back() != eos_id) {
+  if (!words.empty() && (words.back() & id_mask) != eos_id) {
     return absl::InvalidArgumentError(absl::StrCat("token shard '", path,
                                                    "': the last document is not terminated by EOS id ", eos_id));
   }
-  const absl::string_view payload(reinterpret_cast<const char*>(tokens.data()), tokens.size() * sizeof(uint32_t));
+  const absl::string_view payload(reinterpret_cast<const char*>(words.data()), words.size() * sizeof(uint32_t));
   header.payload_hash = Fnv1a64(payload);
 
   // Same directory as the target, so that rename() is atomic; the pid keeps writers apart.
@@ -165,6 +171,30 @@ absl::Status WriteTokenShard(const std::string& path, absl::Span<const uint32_t>
   }
   if (!status.ok()) ::unlink(tmp.c_str());
   return status;
+}
+
+}  // namespace
+
+absl::Status WriteTokenShard(const std::string& path, absl::Span<const uint32_t> tokens,
+                             uint32_t vocab_size, uint32_t eos_id) {
+  return WriteShardFile(path, tokens, kTokenShardDtypeUint32, vocab_size, eos_id);
+}
+
+absl::Status WriteTokenShard(const std::string& path, absl::Span<const uint32_t> tokens,
+                             absl::Span<const uint8_t> loss_mask, uint32_t vocab_size, uint32_t eos_id) {
+  if (loss_mask.size() != tokens.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("token shard '", path, "': ", tokens.size(), " tokens but ",
+                                                   loss_mask.size(), " loss mask entries"));
+  }
+  std::vector<uint32_t> words(tokens.size());
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] > kTokenIdMask) {
+      return absl::InvalidArgumentError(absl::StrCat("token shard '", path, "': token ", i, " has id ", tokens[i],
+                                                     ", which leaves no bit for the loss mask"));
+    }
+    words[i] = tokens[i] | (loss_mask[i] ? 0 : kTokenNoLossBit);
+  }
+  return WriteShardFile(path, words, kTokenShardDtypeUint32Masked, vocab_size, eos_id);
 }
 
 TokenShard::~TokenShard() {
@@ -210,7 +240,9 @@ absl::StatusOr<std::unique_ptr<TokenShard>> TokenShard::Open(const std::string& 
   h.vocab_size = GetLe<uint32_t>(base + 40);
   h.eos_id = GetLe<uint32_t>(base + 44);
   if (h.version != kTokenShardVersion) return error("unsupported version ", h.version, " (expected ", kTokenShardVersion, ")");
-  if (h.dtype != kTokenShardDtypeUint32) return error("unsupported dtype ", h.dtype, " (expected 1 = uint32)");
+  if (h.dtype != kTokenShardDtypeUint32 && h.dtype != kTokenShardDtypeUint32Masked) {
+    return error("unsupported dtype ", h.dtype, " (expected 1 = uint32 or 2 = uint32 with a loss mask)");
+  }
   const size_t payload_bytes = file_bytes - kTokenShardHeaderBytes;
   // Compare as counts so that a huge num_tokens cannot overflow the byte size.
   if (payload_bytes % sizeof(uint32_t) != 0 || payload_bytes / sizeof(uint32_t) != h.num_tokens) {
@@ -236,17 +268,17 @@ absl::StatusOr<std::unique_ptr<TokenShard>> TokenShard::Open(const std::string& 
     }
     uint64_t documents = 0;
     const absl::Span<const uint32_t> tokens = shard->tokens_;
+    const uint32_t id_mask = shard->has_loss_mask() ? kTokenIdMask : ~uint32_t{0};
     for (size_t i = 0; i < tokens.size(); ++i) {
-      if (tokens[i] >= h.vocab_size) {
-        return error("token ", i, " has id ", tokens[i], " >= vocab size ", h.vocab_size);
-      }
-      documents += tokens[i] == h.eos_id;
+      const uint32_t id = tokens[i] & id_mask;
+      if (id >= h.vocab_size) return error("token ", i, " has id ", id, " >= vocab size ", h.vocab_size);
+      documents += id == h.eos_id;
     }
     if (documents != h.num_documents) {
       return error("document count mismatch: header says ", h.num_documents, ", payload has ", documents,
                    " EOS tokens");
     }
-    if (!tokens.empty() && tokens.back() != h.eos_id) {
+    if (!tokens.empty() && (tokens.back() & id_mask) != h.eos_id) {
       return error("the last document is not terminated by EOS id ", h.eos_id);
     }
   }
@@ -275,6 +307,7 @@ nlohmann::json ShardSetManifest::ToJson() const {
           {"splits", splits_json},
           {"source_files", source_files},
           {"input_format", input_format},
+          {"loss_mask", loss_mask},
           {"split_rule",
            {{"heldout_fraction", heldout_fraction}, {"seed", seed}, {"description", split_rule}}}};
 }
@@ -342,6 +375,11 @@ absl::StatusOr<ShardSetManifest> ShardSetManifest::FromJson(const nlohmann::json
       m.source_files.push_back(s.get<std::string>());
     }
     ASSIGN_OR_RETURN(m.input_format, StringField(json, "input_format", "manifest"));
+    // Absent in shard sets written before loss masks existed: those have none.
+    if (auto it = json.find("loss_mask"); it != json.end()) {
+      if (!it->is_boolean()) return absl::InvalidArgumentError("field 'loss_mask' is not a boolean");
+      m.loss_mask = it->get<bool>();
+    }
     ASSIGN_OR_RETURN(const nlohmann::json* rule, Field(json, "split_rule", "manifest"));
     ASSIGN_OR_RETURN(const nlohmann::json* fraction, Field(*rule, "heldout_fraction", "split_rule"));
     if (!fraction->is_number()) return absl::InvalidArgumentError("field 'split_rule.heldout_fraction' is not a number");
@@ -381,6 +419,11 @@ absl::StatusOr<std::vector<std::unique_ptr<TokenShard>>> OpenSplit(const std::st
     const std::string path = JoinPath(dir, entry.file);
     ASSIGN_OR_RETURN(std::unique_ptr<TokenShard> shard, TokenShard::Open(path, options));
     const TokenShardHeader& h = shard->header();
+    if (shard->has_loss_mask() != manifest.loss_mask) {
+      return absl::DataLossError(absl::StrCat("token shard '", path, "' ", shard->has_loss_mask() ? "has" : "lacks",
+                                              " a loss mask but manifest.json says loss_mask: ",
+                                              manifest.loss_mask ? "true" : "false"));
+    }
     if (h.num_tokens != entry.num_tokens || h.num_documents != entry.num_documents ||
         h.payload_hash != entry.payload_hash) {
       return absl::DataLossError(absl::StrCat(

@@ -11,7 +11,7 @@
 //   offset  size  field
 //        0     8  magic "LMTOKSH1"
 //        8     4  version (1)
-//       12     4  dtype (1 = uint32 token ids)
+//       12     4  dtype (1 = uint32 token ids, 2 = uint32 token ids with a loss mask bit)
 //       16     8  number of tokens T
 //       24     8  number of documents (EOS tokens)
 //       32     8  FNV-1a 64 of the payload bytes
@@ -19,6 +19,13 @@
 //       44     4  EOS id
 //       48    16  reserved, zero
 //       64   4*T  payload
+//
+// Loss masks. Chat fine-tuning learns only the assistant's tokens. A dtype-2 shard carries that
+// choice in the token words themselves: bit 31 (kTokenNoLossBit) set means "this token is never a
+// loss target", the id being the low 31 bits. The mask then shares the token's checksum, mapping
+// and atomic write, and no second file can fall out of step with the first. Every id is below
+// 2^31, so the bit is free; a reader built before dtype 2 refuses such a shard instead of reading
+// flagged words as huge ids.
 //
 // A shard set is a directory holding `train-NNNNN.tok`, `heldout-NNNNN.tok` and `manifest.json`
 // (tokenizer path and hash, vocab size, EOS id, per-split shard lists and counts, source files and
@@ -28,6 +35,8 @@
 //   const std::vector<uint32_t> tokens = {128000, 791, 502, 128001};  // one document, EOS-terminated
 //   RETURN_IF_ERROR(WriteTokenShard("/tmp/d/train-00000.tok", tokens, /*vocab_size=*/128256, /*eos_id=*/128001));
 //   ASSIGN_OR_RETURN(std::unique_ptr<TokenShard> shard, TokenShard::Open("/tmp/d/train-00000.tok"));
+//   const std::vector<uint8_t> loss_mask = {0, 1, 1, 0};  // only "791 502" are targets
+//   RETURN_IF_ERROR(WriteTokenShard("/tmp/d/chat-00000.tok", tokens, loss_mask, 128256, 128001));
 //   absl::Span<const uint32_t> ids = shard->tokens();
 //
 //   ASSIGN_OR_RETURN(ShardSetManifest manifest, ReadShardSetManifest("/d"));
@@ -53,6 +62,9 @@ namespace llama_moe {
 inline constexpr char kTokenShardMagic[] = "LMTOKSH1";  // 8 bytes, no terminator on disk
 inline constexpr uint32_t kTokenShardVersion = 1;
 inline constexpr uint32_t kTokenShardDtypeUint32 = 1;
+inline constexpr uint32_t kTokenShardDtypeUint32Masked = 2;
+inline constexpr uint32_t kTokenNoLossBit = uint32_t{1} << 31;
+inline constexpr uint32_t kTokenIdMask = kTokenNoLossBit - 1;
 inline constexpr size_t kTokenShardHeaderBytes = 64;
 inline constexpr char kShardSetManifestName[] = "manifest.json";
 // Bounds on what a manifest may claim: 2^20 shards a split (15T tokens in 100M-token shards is
@@ -83,6 +95,10 @@ struct TokenShardHeader {
 // payload is non-empty and does not end with eos_id (every document must be terminated).
 absl::Status WriteTokenShard(const std::string& path, absl::Span<const uint32_t> tokens,
                              uint32_t vocab_size, uint32_t eos_id);
+// The same with a loss mask (a dtype-2 shard): loss_mask[i] != 0 when token i counts as a target.
+// The sizes must agree.
+absl::Status WriteTokenShard(const std::string& path, absl::Span<const uint32_t> tokens,
+                             absl::Span<const uint8_t> loss_mask, uint32_t vocab_size, uint32_t eos_id);
 
 struct TokenShardOpenOptions {
   // Hash the payload and check every id against the vocabulary: one pass over the file
@@ -106,7 +122,10 @@ class TokenShard {
 
   const std::string& path() const { return path_; }
   const TokenShardHeader& header() const { return header_; }
+  // The stored words: token ids, and in a masked shard kTokenNoLossBit on the tokens that are not
+  // loss targets (take `word & kTokenIdMask` for the id).
   absl::Span<const uint32_t> tokens() const { return tokens_; }
+  bool has_loss_mask() const { return header_.dtype == kTokenShardDtypeUint32Masked; }
 
  private:
   TokenShard() = default;
@@ -144,6 +163,9 @@ struct ShardSetManifest {
   double heldout_fraction = 0.0;  // e.g. 0.05
   uint64_t seed = 0;
   std::string split_rule;  // a sentence describing the rule
+  // Whether the shards carry a loss mask (dtype 2; chat data, where only assistant turns are
+  // targets). Every shard of the set agrees.
+  bool loss_mask = false;
 
   nlohmann::json ToJson() const;
   // Fails naming `name` (the manifest's path) when a field is missing or has the wrong type.

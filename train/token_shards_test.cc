@@ -288,5 +288,82 @@ TEST(ShardSetTest, BadManifestNamesFileAndField) {
   EXPECT_THAT(ReadShardSetManifest(dir).status().message(), HasSubstr("not valid JSON"));
 }
 
+TEST(TokenShardTest, LossMaskRoundTripsInTheHighBit) {
+  const std::vector<uint32_t> tokens = RandomDocuments(6, 7);
+  std::vector<uint8_t> mask(tokens.size());
+  for (size_t i = 0; i < mask.size(); ++i) mask[i] = (i % 3) != 0;
+  const std::string path = TestPath("masked.tok");
+  ASSERT_TRUE(WriteTokenShard(path, tokens, mask, kVocab, kEos).ok());
+  absl::StatusOr<std::unique_ptr<TokenShard>> shard = TokenShard::Open(path);
+  ASSERT_TRUE(shard.ok()) << shard.status();
+  EXPECT_TRUE((*shard)->has_loss_mask());
+  EXPECT_EQ((*shard)->header().dtype, kTokenShardDtypeUint32Masked);
+  EXPECT_EQ((*shard)->header().num_documents, 6u);
+  const absl::Span<const uint32_t> words = (*shard)->tokens();
+  ASSERT_EQ(words.size(), tokens.size());
+  for (size_t i = 0; i < words.size(); ++i) {
+    EXPECT_EQ(words[i] & kTokenIdMask, tokens[i]);
+    EXPECT_EQ((words[i] & kTokenNoLossBit) == 0, mask[i] != 0) << "token " << i;
+  }
+  // An unmasked shard of the same tokens is dtype 1 and has no flagged word.
+  const std::string plain = TestPath("plain.tok");
+  ASSERT_TRUE(WriteTokenShard(plain, tokens, kVocab, kEos).ok());
+  shard = TokenShard::Open(plain);
+  ASSERT_TRUE(shard.ok());
+  EXPECT_FALSE((*shard)->has_loss_mask());
+  EXPECT_THAT((*shard)->tokens(), ElementsAreArray(tokens));
+
+  EXPECT_THAT(WriteTokenShard(path, tokens, absl::MakeConstSpan(mask).subspan(1), kVocab, kEos).message(),
+              HasSubstr("loss mask entries"));
+}
+
+TEST(TokenShardTest, FlaggedWordInAnUnmaskedShardIsAnOutOfRangeId) {
+  // A dtype-1 shard whose payload holds a flagged word (e.g. written by a bad tool) is refused.
+  std::vector<uint32_t> words = {5, 6 | kTokenNoLossBit, kEos};
+  std::string bytes = std::string(kTokenShardHeaderBytes, '\0') +
+                      std::string(reinterpret_cast<const char*>(words.data()), words.size() * 4);
+  std::memcpy(&bytes[0], kTokenShardMagic, 8);
+  PutU32(&bytes, 8, kTokenShardVersion);
+  PutU32(&bytes, 12, kTokenShardDtypeUint32);
+  PutU64(&bytes, 16, words.size());
+  PutU64(&bytes, 24, 1);
+  PutU64(&bytes, 32, PayloadHash(bytes));
+  PutU32(&bytes, 40, kVocab);
+  PutU32(&bytes, 44, kEos);
+  const std::string path = TestPath("flagged.tok");
+  WriteBytes(path, bytes);
+  EXPECT_THAT(TokenShard::Open(path).status().message(), HasSubstr(">= vocab size"));
+  // The same words declared as dtype 2 are a valid masked shard.
+  PutU32(&bytes, 12, kTokenShardDtypeUint32Masked);
+  WriteBytes(path, bytes);
+  EXPECT_TRUE(TokenShard::Open(path).ok());
+}
+
+TEST(ShardSetTest, LossMaskFlagMustMatchTheShards) {
+  const std::string dir = MakeDir();
+  ShardSetManifest m = WriteShardSet(dir, {RandomDocuments(5, 1)});
+  EXPECT_FALSE(m.loss_mask);
+  m.loss_mask = true;  // the shard has no mask
+  ASSERT_TRUE(WriteShardSetManifest(dir, m).ok());
+  absl::StatusOr<ShardSetManifest> read = ReadShardSetManifest(dir);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_TRUE(read->loss_mask);
+  absl::StatusOr<std::vector<std::unique_ptr<TokenShard>>> train = OpenSplit(dir, *read, "train");
+  ASSERT_FALSE(train.ok());
+  EXPECT_THAT(train.status().message(), HasSubstr("lacks a loss mask but manifest.json says loss_mask: true"));
+
+  // A manifest from before loss masks (no field) reads as unmasked.
+  nlohmann::json json = m.ToJson();
+  json.erase("loss_mask");
+  ASSERT_TRUE(WriteStringToFile(JoinPath(dir, kShardSetManifestName), json.dump()).ok());
+  read = ReadShardSetManifest(dir);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_FALSE(read->loss_mask);
+  EXPECT_TRUE(OpenSplit(dir, *read, "train").ok());
+  json["loss_mask"] = "yes";
+  ASSERT_TRUE(WriteStringToFile(JoinPath(dir, kShardSetManifestName), json.dump()).ok());
+  EXPECT_THAT(ReadShardSetManifest(dir).status().message(), HasSubstr("'loss_mask' is not a boolean"));
+}
+
 }  // namespace
 }  // namespace llama_moe

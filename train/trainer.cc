@@ -23,6 +23,7 @@
 #include "nlohmann/json.hpp"
 #include "train/data_loader.h"
 #include "train/distill.h"
+#include "train/lm_loss.h"
 #include "train/memory_plan.h"
 #include "train/progress.h"
 #include "train/sharded_adamw.h"
@@ -57,8 +58,9 @@ struct StepStats {
     std::vector<double> load;  // [E] (token, slot) pairs per expert
     double entropy = 0;        // mean router entropy per token (nats)
   };
-  double loss_sum = 0;     // summed cross-entropy of the step's tokens
-  double distill_sum = 0;  // summed KL(dense || model) of the step's tokens, when distilling
+  double loss_sum = 0;     // summed cross-entropy of the step's loss targets
+  double distill_sum = 0;  // summed KL(dense || model) at those targets, when distilling
+  int64_t targets = 0;     // the step's loss targets over all ranks (G x L without a loss mask)
   std::vector<Layer> layers;
 
   // All ranks' statistics: one all-reduce of the packed values.
@@ -267,9 +269,14 @@ absl::StatusOr<StepStats> ForwardBackward(TrainingRun& t) {
   StepStats s;
   const int64_t micro_steps = t.loader->micro_steps(), world = t.comm->world_size();
   const double distill = DistillWeight(t.cfg, t.step);
+  // The loss is the mean over the step's targets, whatever share of them a micro-batch holds.
+  ASSIGN_OR_RETURN(s.targets, t.loader->StepTargets(t.step));
+  const double denominator = static_cast<double>(std::max<int64_t>(s.targets, 1));
   for (int64_t a = 0; a < micro_steps; ++a) {
     ASSIGN_OR_RETURN(at::Tensor batch, t.loader->Batch(t.step, a, t.comm->rank()));
+    ASSIGN_OR_RETURN(at::Tensor target_mask, t.loader->TargetMask(t.step, a, t.comm->rank()));
     batch = batch.to(t.device);
+    if (target_mask.defined()) target_mask = target_mask.to(t.device);
     ForwardOptions fo;
     fo.enable_grad = true;
     fo.checkpoint_layers = t.cfg.activation_checkpointing();
@@ -283,14 +290,12 @@ absl::StatusOr<StepStats> ForwardBackward(TrainingRun& t) {
         t.loaded.SetRouting(RoutingMode::kRouted);
       }
       const at::Tensor logits = t.loaded.model->ForwardUnchecked(inputs, fo);
-      const at::Tensor targets = batch.narrow(1, 1, t.cfg.seq_len()).reshape({-1});
-      const at::Tensor ce =
-          at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets, {}, at::Reduction::Sum);
+      const at::Tensor ce = NextTokenLoss(logits, batch.narrow(1, 1, t.cfg.seq_len()), target_mask);
       // Scaled so that summing over micro-steps and ranks gives the global mean's gradient.
-      at::Tensor loss = ce / static_cast<double>(t.tokens_per_step);
+      at::Tensor loss = ce / denominator;
       if (teacher.defined()) {
-        const at::Tensor kl = DistillationLoss(logits, teacher);
-        loss = loss + kl * (distill / static_cast<double>(t.tokens_per_step));
+        const at::Tensor kl = DistillationLoss(logits, teacher, target_mask);
+        loss = loss + kl * (distill / denominator);
         s.distill_sum += kl.item<double>();
       }
       for (MoeFeedForward* l : t.loaded.moe_layers) {
@@ -350,8 +355,8 @@ absl::StatusOr<double> Evaluate(TrainingRun& t) {
     t.metrics.Write(
         json({{"step", t.step}, {"heldout_loss", loss}, {"heldout_ppl", std::exp(loss)}, {"heldout_tokens", tokens}})
             .dump());
-    t.progress->Note(absl::StrFormat("step %d: held-out loss %.4f, perplexity %.2f (%d tokens)", t.step, loss,
-                                     std::exp(loss), tokens));
+    t.progress->Note(absl::StrFormat("step %d: held-out loss %.4f, perplexity %.2f (%d %stokens)", t.step, loss,
+                                     std::exp(loss), tokens, t.heldout->has_loss_mask() ? "assistant " : ""));
   }
   return loss;
 }
@@ -363,7 +368,7 @@ absl::StatusOr<double> TrainStep(TrainingRun& t) {
   const double lr = LearningRate(t.cfg, t.step);
   ASSIGN_OR_RETURN(StepStats local, ForwardBackward(t));
   ASSIGN_OR_RETURN(const StepStats stats, local.SumOverRanks(*t.comm));
-  const double loss = stats.loss_sum / t.tokens_per_step;
+  const double loss = stats.loss_sum / std::max<int64_t>(local.targets, 1);
   if (!std::isfinite(loss)) {
     const std::string latest = JoinPath(t.cfg.output_dir(), "latest");
     return absl::DataLossError(absl::StrCat("step ", t.step + 1, ": training loss is ", loss,
@@ -387,11 +392,12 @@ absl::StatusOr<double> TrainStep(TrainingRun& t) {
   if (t.lead()) {
     json line = {{"step", t.step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
                  {"tokens_per_s", t.tokens_per_step / seconds}, {"seconds", seconds}, {"layers", layers}};
+    if (t.loader->has_loss_mask()) line["loss_targets"] = local.targets;
     if (Distills(t.cfg)) {
       const double w = DistillWeight(t.cfg, t.step - 1);
       line["distill_weight"] = w;
       // A step of weight 0 skips the teacher: its KL is not measured.
-      line["distill_kl"] = w > 0 ? json(stats.distill_sum / t.tokens_per_step) : json(nullptr);
+      line["distill_kl"] = w > 0 ? json(stats.distill_sum / std::max<int64_t>(local.targets, 1)) : json(nullptr);
     }
     t.metrics.Write(line.dump());
     if (t.cfg.log_every() > 0 && (t.step % t.cfg.log_every() == 0 || t.step == t.stop_at)) {

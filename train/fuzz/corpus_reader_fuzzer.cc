@@ -1,6 +1,6 @@
 // libFuzzer target over the raw-corpus readers of //train:prepare_data: the first byte picks the
-// format (even: text, odd: Brown corpus), the rest is a file's content. Built and run by
-// tools/fuzz.sh.
+// format (modulo 3: text, Brown corpus, chat JSON Lines), the rest is a file's content. Built and
+// run by tools/fuzz.sh.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -11,7 +11,22 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const std::string content(reinterpret_cast<const char*>(data) + 1, size - 1);
-  if (data[0] % 2 == 0) {
+  if (data[0] % 3 == 2) {
+    // Parsed conversations hold only the four roles and each has an assistant turn.
+    absl::StatusOr<std::vector<std::vector<llama_moe::ChatMessage>>> chats =
+        llama_moe::ParseChatJsonl(content, "fuzz.jsonl");
+    if (!chats.ok()) return 0;
+    for (const auto& chat : *chats) {
+      bool assistant = false;
+      for (const llama_moe::ChatMessage& m : chat) {
+        if (m.role != "system" && m.role != "user" && m.role != "assistant" && m.role != "ipython") __builtin_trap();
+        assistant |= m.role == "assistant";
+      }
+      if (!assistant) __builtin_trap();
+    }
+    return 0;
+  }
+  if (data[0] % 3 == 0) {
     // Documents are non-empty, hold no blank line, and together are no longer than the file.
     size_t total = 0;
     for (const std::string& doc : llama_moe::SplitTextDocuments(content)) {

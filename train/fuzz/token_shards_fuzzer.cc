@@ -29,8 +29,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // A verified shard: every id below the vocabulary, the count the header says.
     const llama_moe::TokenShardHeader& h = (*shard)->header();
     if ((*shard)->tokens().size() != h.num_tokens) __builtin_trap();
-    for (uint32_t id : (*shard)->tokens()) {
-      if (id >= h.vocab_size) __builtin_trap();
+    const uint32_t id_mask = (*shard)->has_loss_mask() ? llama_moe::kTokenIdMask : ~uint32_t{0};
+    for (uint32_t word : (*shard)->tokens()) {
+      if ((word & id_mask) >= h.vocab_size) __builtin_trap();
     }
   }
   return 0;
