@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 
 #include <atomic>
+#include <cmath>
 #include <chrono>
 #include <fstream>
 #include <future>
@@ -16,6 +17,7 @@
 #include "convert/learned_init.h"
 #include "convert/calibration.h"
 #include "convert/partition.h"
+#include "convert/random_streams.h"
 #include "convert/recipe.h"
 #include "convert/router_init.h"
 #include "model/checkpoint.h"
@@ -116,6 +118,17 @@ class Conversion {
     const RouterInitWeights router = InitRouter(recipe_, moe_, hidden, layer);
     RETURN_IF_ERROR(Write(RouterWeightName(layer), router.weight));
     RETURN_IF_ERROR(Write(RouterBiasName(layer), router.bias, at::kFloat));  // always float32
+    if (moe_.lora_rank > 0) {
+      const int64_t nf = moe_.num_frozen_experts, r = moe_.lora_rank, ie = moe_.expert_intermediate_size;
+      for (int k = 0; k < 3; ++k) {
+        const int64_t in = k < 2 ? hidden : ie, out = k < 2 ? ie : hidden;
+        at::Generator gen = ConversionStream(recipe_.seed(), layer, StreamPurpose::kLoraA, k);
+        const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+        RETURN_IF_ERROR(Write(LoraTensorName(layer, kFfnProjections[k], "lora_A"),
+                              at::empty({nf, r, in}, at::kFloat).uniform_(-bound, bound, gen)));
+        RETURN_IF_ERROR(Write(LoraTensorName(layer, kFfnProjections[k], "lora_B"), at::zeros({nf, out, r}, at::kFloat)));
+      }
+    }
     for (const char* proj : kFfnProjections) in_.Release(DenseFfnName(layer, proj));
     return absl::OkStatus();
   }

@@ -60,6 +60,22 @@ struct Source {
   std::optional<MoeConfig> moe;
 };
 
+// Layer l's expert stack of `group` for `proj`. Serving engines have no per-expert adapters, so
+// a model with LoRA adapters exports its frozen experts merged, W + (alpha/r) B A, in float32.
+absl::StatusOr<at::Tensor> ExpertStackForExport(const Checkpoint& ck, const MoeConfig& m, int64_t l,
+                                                const std::string& group, const std::string& proj) {
+  ASSIGN_OR_RETURN(at::Tensor t, ck.Get(ExpertTensorName(l, group, proj)));
+  if (group != kFrozenExperts || m.lora_rank == 0) return t;
+  ASSIGN_OR_RETURN(const at::Tensor a, ck.Get(LoraTensorName(l, proj, "lora_A")));
+  ASSIGN_OR_RETURN(const at::Tensor b, ck.Get(LoraTensorName(l, proj, "lora_B")));
+  return t.to(at::kFloat) + at::matmul(b.to(at::kFloat), a.to(at::kFloat)) * m.lora_scale();
+}
+
+std::string LoraMergeNote(const MoeConfig& m) {
+  return absl::StrFormat("LoRA adapters (rank %d, alpha %g) merged into the frozen experts (W + alpha/r B A)",
+                         m.lora_rank, m.lora_alpha);
+}
+
 absl::StatusOr<Source> OpenSource(const std::string& dir) {
   Source s;
   s.dir = dir;
@@ -399,6 +415,7 @@ absl::Status PlanGguf(const ExportOptions& o, const Source& s, ExportPlan* plan,
                                          IsPowerOfTwo(m.gate_scale) ? " (a power of two: exact)"
                                                                     : " (rounded once per weight)"));
     if (choice->keep_bias) plan->kept.push_back("selection bias (exp_probs_b)");
+    if (m.lora_rank > 0) plan->kept.push_back(LoraMergeNote(m));
     plan->dropped.push_back("balancing state's update rate (training only)");
   }
   return absl::OkStatus();
@@ -484,20 +501,28 @@ absl::Status WriteGguf(const ExportOptions& o, const Source& s, const ExportPlan
     if (choice.keep_bias) plain(Blk(l, "exp_probs_b.bias"), RouterBiasName(l), GgufType::kF32, {E});
     const double scale = m.gate_scale;
     for (const char* proj : {"gate_proj", "up_proj", "down_proj"}) {
-      const std::string frozen = ExpertTensorName(l, kFrozenExperts, proj);
-      const std::string learned = ExpertTensorName(l, kLearnedExperts, proj);
-      std::vector<std::string> srcs = {frozen};
-      if (m.num_learned_experts > 0) srcs.push_back(learned);
+      std::vector<std::string> groups = {kFrozenExperts};
+      if (m.num_learned_experts > 0) groups.push_back(kLearnedExperts);
+      std::vector<std::string> srcs;
+      for (const std::string& g : groups) srcs.push_back(ExpertTensorName(l, g, proj));
+      if (m.lora_rank > 0) {
+        for (const char* matrix : {"lora_A", "lora_B"}) srcs.push_back(LoraTensorName(l, proj, matrix));
+      }
       const bool down = std::string(proj) == "down_proj";
       const std::string gguf = Blk(l, down ? "ffn_down_exps.weight" : std::string(proj) == "gate_proj"
                                                                           ? "ffn_gate_exps.weight"
                                                                           : "ffn_up_exps.weight");
       std::vector<int64_t> shape = down ? std::vector<int64_t>{E, H, Ie} : std::vector<int64_t>{E, Ie, H};
-      tensors.push_back({gguf, wt, shape, [&ck, srcs, down, scale]() -> absl::StatusOr<at::Tensor> {
+      const std::string proj_name = proj;
+      tensors.push_back({gguf, wt, shape, [&ck, m, l, groups, proj_name, down, scale]() -> absl::StatusOr<at::Tensor> {
                            std::vector<at::Tensor> parts;
-                           for (const std::string& n : srcs) {
-                             ASSIGN_OR_RETURN(at::Tensor t, ck.Get(n));
+                           for (const std::string& g : groups) {
+                             ASSIGN_OR_RETURN(at::Tensor t, ExpertStackForExport(ck, m, l, g, proj_name));
                              parts.push_back(t);
+                           }
+                           // Mixed dtypes when a merged float32 stack meets a stored learned one.
+                           if (parts.size() > 1 && parts[0].scalar_type() != parts[1].scalar_type()) {
+                             for (at::Tensor& p : parts) p = p.to(at::kFloat);
                            }
                            at::Tensor all = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
                            // llama.cpp's llama and ernie4_5-moe read no expert weight scale: fold it
@@ -553,6 +578,7 @@ absl::Status PlanHfMixtral(const Source& s, ExportPlan* plan) {
                                        m.num_experts(), m.expert_intermediate_size, m.num_frozen_experts,
                                        m.num_learned_experts, m.num_experts() - 1, m.top_k));
   plan->kept.push_back(absl::StrFormat("gate scale %g folded into each expert's w2 (a power of two: exact)", m.gate_scale));
+  if (m.lora_rank > 0) plan->kept.push_back(LoraMergeNote(m));
   plan->kept.push_back("attention, norms, embeddings, head, RoPE (rope_scaling as in the source config)");
   plan->kept.push_back("tokenizer and generation files, copied");
   plan->dropped.push_back("which experts are frozen (training metadata; the forward is unchanged)");
@@ -603,10 +629,12 @@ absl::Status WriteHfMixtral(const ExportOptions& o, const Source& s, const Expor
     for (const char* proj : {"gate_proj", "up_proj", "down_proj"}) {
       std::vector<at::Tensor> parts;
       for (const std::string& group : {std::string(kFrozenExperts), std::string(kLearnedExperts)}) {
-        const std::string n = ExpertTensorName(l, group, proj);
         if (group == kLearnedExperts && m.num_learned_experts == 0) continue;
-        ASSIGN_OR_RETURN(at::Tensor t, ck.Get(n));
+        ASSIGN_OR_RETURN(at::Tensor t, ExpertStackForExport(ck, m, l, group, proj));
         parts.push_back(t);
+      }
+      if (parts.size() > 1 && parts[0].scalar_type() != parts[1].scalar_type()) {
+        for (at::Tensor& p : parts) p = p.to(at::kFloat);
       }
       const at::Tensor all = parts.size() == 1 ? parts[0] : at::cat(parts, 0);
       const std::string wname = std::string(proj) == "gate_proj" ? "w1" : std::string(proj) == "down_proj" ? "w2" : "w3";
@@ -618,6 +646,9 @@ absl::Status WriteHfMixtral(const ExportOptions& o, const Source& s, const Expor
       }
       for (const std::string& group : {std::string(kFrozenExperts), std::string(kLearnedExperts)}) {
         ck.Release(ExpertTensorName(l, group, proj));
+      }
+      if (m.lora_rank > 0) {
+        for (const char* matrix : {"lora_A", "lora_B"}) ck.Release(LoraTensorName(l, proj, matrix));
       }
     }
   }

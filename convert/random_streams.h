@@ -23,6 +23,7 @@ enum class StreamPurpose {
   kNoiseDown = 4,    // ... of down_proj
   kDropNeurons = 5,  // Drop-Upcycling's choice of re-drawn neurons
   kRouter = 6,       // router weights
+  kLoraA = 7,        // LoRA A matrices (chunk: the projection, 0 gate, 1 up, 2 down)
 };
 
 at::Generator ConversionStream(uint64_t seed, int64_t layer, StreamPurpose purpose, int64_t chunk = 0);

@@ -137,6 +137,11 @@ absl::StatusOr<MoeConfig> ResolveRecipe(const LlamaConfig& dense, ConversionReci
   }
   m.gate_scale = r->gate_scale();
   m.bias_update_rate = r->bias_update_rate();
+  if (r->lora_rank() < 0) return bad(absl::StrCat("lora_rank must be >= 0 (0: no adapters), got ", r->lora_rank()));
+  if (r->lora_rank() > 0 && r->lora_alpha() == 0) r->set_lora_alpha(2.0 * r->lora_rank());
+  if (r->lora_rank() == 0 && r->lora_alpha() != 0) return bad("lora_alpha is set but lora_rank is 0 (no adapters)");
+  m.lora_rank = r->lora_rank();
+  m.lora_alpha = r->lora_alpha();
   RETURN_IF_ERROR(ValidateMoeConfig(m, dense), "recipe");
   return m;
 }

@@ -269,6 +269,12 @@ absl::StatusOr<OffloadedModel> LoadOffloadedModel(const std::string& dir, const 
         "'", dir, "' is a dense model (config.json has no \"moe\" block): expert offloading needs a converted "
         "MoE model"));
   }
+  if (moe->lora_rank > 0) {
+    // The offloaded layer reads expert weights one at a time and has no place for adapters.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", dir, "' has LoRA adapters on its frozen experts (lora_rank ", moe->lora_rank,
+        "), which expert offloading does not apply; run it without offloading"));
+  }
   out.moe = *moe;
   ASSIGN_OR_RETURN(c10::ScalarType dtype, ResolveComputeDType(cfg, options.dtype));
   const at::TensorOptions compute = at::TensorOptions().dtype(dtype).device(options.device);

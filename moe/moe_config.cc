@@ -1,5 +1,6 @@
 #include "moe/moe_config.h"
 
+#include <algorithm>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -52,6 +53,15 @@ absl::Status ValidateMoeConfig(const MoeConfig& m, const LlamaConfig& cfg) {
   }
   if (!(m.gate_scale > 0)) return bad(absl::StrCat("gate_scale must be positive, got ", m.gate_scale));
   if (!(m.bias_update_rate >= 0)) return bad(absl::StrCat("bias_update_rate must be >= 0, got ", m.bias_update_rate));
+  const int64_t smaller = std::min<int64_t>(m.expert_intermediate_size, cfg.hidden_size);
+  if (m.lora_rank < 0 || m.lora_rank > smaller) {
+    return bad(absl::StrCat("lora_rank ", m.lora_rank, " must be between 1 and ", smaller,
+                            " (the smaller side of an expert matrix, min(expert_intermediate_size, hidden_size)), "
+                            "or 0 for no adapters"));
+  }
+  if (m.lora_rank > 0 && !(m.lora_alpha > 0 && m.lora_alpha < 1e6)) {
+    return bad(absl::StrCat("lora_alpha must be positive (and below 1e6), got ", m.lora_alpha));
+  }
   return absl::OkStatus();
 }
 
@@ -69,7 +79,8 @@ absl::StatusOr<std::optional<MoeConfig>> MoeConfigFromLlama(const LlamaConfig& c
   MoeConfig m;
   // nlohmann converts a float such as 1e300 to int64 without a check (undefined behaviour), so
   // integer fields are type-checked before get.
-  for (const char* field : {"num_frozen_experts", "num_learned_experts", "expert_intermediate_size", "top_k"}) {
+  for (const char* field :
+       {"num_frozen_experts", "num_learned_experts", "expert_intermediate_size", "top_k", "lora_rank"}) {
     if (j.contains(field) && !j[field].is_number_integer()) {
       return absl::InvalidArgumentError(
           absl::StrCat("config field 'moe.", field, "' must be an integer, got ", j[field].dump()));
@@ -85,6 +96,15 @@ absl::StatusOr<std::optional<MoeConfig>> MoeConfigFromLlama(const LlamaConfig& c
     m.normalize_gates = j.at("normalize_gates").get<bool>();
     m.gate_scale = j.at("gate_scale").get<double>();
     m.bias_update_rate = j.value("bias_update_rate", 1e-3);
+    // Written only for a model with adapters: an explicit 0 is a mistake, not "none".
+    if (j.contains("lora_rank")) {
+      m.lora_rank = j.at("lora_rank").get<int64_t>();
+      if (m.lora_rank < 1) {
+        return absl::InvalidArgumentError(absl::StrCat("config field 'moe.lora_rank' is ", m.lora_rank,
+                                                       ": adapters need rank >= 1 (leave the field out for none)"));
+      }
+      m.lora_alpha = j.at("lora_alpha").get<double>();
+    }
   } catch (const json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("config field 'moe': ", e.what()));
   }
@@ -106,6 +126,10 @@ void SetMoeConfig(const MoeConfig& m, LlamaConfig* cfg) {
                   {"normalize_gates", m.normalize_gates},
                   {"gate_scale", m.gate_scale},
                   {"bias_update_rate", m.bias_update_rate}};
+  if (m.lora_rank > 0) {
+    extra["moe"]["lora_rank"] = m.lora_rank;
+    extra["moe"]["lora_alpha"] = m.lora_alpha;
+  }
   extra["architectures"] = {kMoeArchitecture};
   cfg->extra_json = extra.dump();
   cfg->model_type = kMoeModelType;

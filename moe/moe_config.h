@@ -42,6 +42,12 @@ struct MoeConfig {
   bool normalize_gates = true;              // renormalise the K selected weights to sum to 1
   double gate_scale = 8.0;                  // resolved factor on gate weights, e.g. K
   double bias_update_rate = 1e-3;           // gamma of the balancing bias update, e.g. 1e-3
+  // Low-rank adapters on the frozen experts (moe/lora.h): rank r (0: none) and alpha, the
+  // adapters' output being scaled by alpha / r. E.g. 16 and 32.
+  int64_t lora_rank = 0;
+  double lora_alpha = 0;
+
+  double lora_scale() const { return lora_rank > 0 ? lora_alpha / static_cast<double>(lora_rank) : 0.0; }
 
   int64_t num_experts() const { return num_frozen_experts + num_learned_experts; }  // E
 };
@@ -56,7 +62,8 @@ inline constexpr char kMoeArchitecture[] = "LlamaMoeCcForCausalLM";
 // expert stacks a hostile config can ask for.
 inline constexpr int64_t kMaxLearnedExperts = 4096;
 
-// Checks the MoE block against the dense shapes (Nf * Ie == I, 1 <= K <= E, Nl <= 4096, ...).
+// Checks the MoE block against the dense shapes (Nf * Ie == I, 1 <= K <= E, Nl <= 4096, a LoRA
+// rank no larger than the smaller side of an expert matrix, ...).
 absl::Status ValidateMoeConfig(const MoeConfig& moe, const LlamaConfig& cfg);
 
 // The "moe" block of `cfg.extra_json`, or nullopt for a dense model. Validated. A model_type of

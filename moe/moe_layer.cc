@@ -37,6 +37,17 @@ ExpertStack::ExpertStack(int64_t n, int64_t hidden, int64_t ie, const at::Tensor
   down_proj = register_module("down_proj", std::make_shared<ExpertProjection>(n, hidden, ie, options));
 }
 
+LoraProjection::LoraProjection(int64_t n, int64_t rank, int64_t in, int64_t out, const at::TensorOptions& options) {
+  a = register_parameter("lora_A", at::empty({n, rank, in}, options));
+  b = register_parameter("lora_B", at::empty({n, out, rank}, options));
+}
+
+LoraStack::LoraStack(int64_t n, int64_t rank, int64_t hidden, int64_t ie, const at::TensorOptions& options) {
+  gate_proj = register_module("gate_proj", std::make_shared<LoraProjection>(n, rank, hidden, ie, options));
+  up_proj = register_module("up_proj", std::make_shared<LoraProjection>(n, rank, hidden, ie, options));
+  down_proj = register_module("down_proj", std::make_shared<LoraProjection>(n, rank, ie, hidden, options));
+}
+
 MoeFeedForward::MoeFeedForward(int64_t hidden, const MoeConfig& moe, const MoeLayerOptions& options,
                                const at::TensorOptions& tensor_options)
     : moe_(moe), options_(options) {
@@ -50,6 +61,23 @@ MoeFeedForward::MoeFeedForward(int64_t hidden, const MoeConfig& moe, const MoeLa
                                std::make_shared<ExpertStack>(moe.num_learned_experts, hidden, ie, tensor_options));
   }
   router_ = register_module("router", MakeRouter(hidden, moe, tensor_options));
+  if (moe.lora_rank > 0) {
+    lora_ = register_module(kFrozenLora, std::make_shared<LoraStack>(moe.num_frozen_experts, moe.lora_rank, hidden,
+                                                                     ie, tensor_options));
+  }
+}
+
+LoraAdapters MoeFeedForward::lora() const {
+  LoraAdapters l;
+  if (lora_ == nullptr) return l;
+  l.gate_a = lora_->gate_proj->a;
+  l.gate_b = lora_->gate_proj->b;
+  l.up_a = lora_->up_proj->a;
+  l.up_b = lora_->up_proj->b;
+  l.down_a = lora_->down_proj->a;
+  l.down_b = lora_->down_proj->b;
+  l.scale = moe_.lora_scale();
+  return l;
 }
 
 at::Tensor CountPerExpert(const at::Tensor& expert, int64_t num_experts) {
@@ -76,7 +104,7 @@ at::Tensor MoeFeedForward::forward(const at::Tensor& x_in) {
   at::Tensor y;
   switch (options_.mode) {
     case RoutingMode::kIdentity:
-      y = AllFrozenForward(x, experts());
+      y = lora_active() ? LoraAllFrozenForward(x, experts(), lora()) : AllFrozenForward(x, experts());
       break;
     case RoutingMode::kLearnedOnly:
       TORCH_CHECK(learned_ != nullptr, "learned_only mode needs learned experts");
@@ -84,7 +112,8 @@ at::Tensor MoeFeedForward::forward(const at::Tensor& x_in) {
       break;
     case RoutingMode::kRouted: {
       RouterOutput r = router_->forward(x);
-      y = SparseMoeForward(x, r.expert, r.weight, experts());
+      y = lora_active() ? LoraSparseMoeForward(x, r.expert, r.weight, experts(), lora())
+                        : SparseMoeForward(x, r.expert, r.weight, experts());
       // A checkpointed layer's backward recomputes this forward: count each token once.
       if (InActivationRecompute()) break;
       {

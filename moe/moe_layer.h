@@ -4,6 +4,8 @@
 //   identity      every frozen slice with weight 1: the dense FFN exactly (up to summation order);
 //   learned_only  every learned expert with weight 1 (what the learned experts alone compute);
 //   routed        production: the router picks K experts per token, sparse dispatch runs them.
+// With LoRA adapters (moe.lora_rank > 0) the frozen experts carry them in identity and routed
+// modes (moe/lora.h), unmerged.
 // Frozen stacks never require gradients; learned stacks and the router weight do when training.
 // In routed mode the layer counts expert loads and router statistics for the balancing update
 // and for evaluation; TakeRoutingStats() returns and resets them.
@@ -33,6 +35,7 @@
 #include "absl/status/statusor.h"
 #include "model/llama_model.h"
 #include "moe/expert_bank.h"
+#include "moe/lora.h"
 #include "moe/moe_config.h"
 #include "moe/router.h"
 
@@ -50,6 +53,20 @@ class ExpertProjection : public torch::nn::Module {
 
  private:
   at::Tensor weight_;
+};
+
+// "lora_A" [N, r, in] and "lora_B" [N, out, r] of one projection's adapters.
+class LoraProjection : public torch::nn::Module {
+ public:
+  LoraProjection(int64_t n, int64_t rank, int64_t in, int64_t out, const at::TensorOptions& options);
+  at::Tensor a, b;
+};
+
+// The frozen experts' adapters: "gate_proj", "up_proj", "down_proj" (moe/lora.h).
+class LoraStack : public torch::nn::Module {
+ public:
+  LoraStack(int64_t n, int64_t rank, int64_t hidden, int64_t expert_intermediate, const at::TensorOptions& options);
+  std::shared_ptr<LoraProjection> gate_proj, up_proj, down_proj;
 };
 
 // "gate_proj", "up_proj", "down_proj" of a stack of experts.
@@ -90,6 +107,12 @@ class MoeFeedForward : public FeedForward {
   RoutingMode mode() const { return options_.mode; }
   Router& router() { return *router_; }
   ExpertBank experts() const;
+  // The frozen experts' adapters; undefined without them (lora_rank 0).
+  LoraAdapters lora() const;
+  // Whether the adapters take part in the forward pass (default: yes, when there are any). Off,
+  // the layer computes exactly what it would without them, in every mode.
+  void set_lora_enabled(bool enabled) { lora_enabled_ = enabled; }
+  bool lora_active() const { return lora_ != nullptr && lora_enabled_; }
   const MoeConfig& moe() const { return moe_; }
   // Returns the statistics accumulated since the last call and resets them.
   RoutingStats TakeRoutingStats();
@@ -101,6 +124,8 @@ class MoeFeedForward : public FeedForward {
   MoeConfig moe_;
   MoeLayerOptions options_;
   std::shared_ptr<ExpertStack> frozen_, learned_;  // learned_ null when Nl = 0
+  std::shared_ptr<LoraStack> lora_;                 // null when lora_rank = 0
+  bool lora_enabled_ = true;
   std::shared_ptr<Router> router_;
   RoutingStats stats_;
 };

@@ -12,7 +12,12 @@ std::string ExpertTensorName(int64_t layer, const std::string& group, const std:
 std::string RouterWeightName(int64_t layer) { return absl::StrCat(LayerPrefix(layer), "mlp.", kRouter, ".weight"); }
 std::string RouterBiasName(int64_t layer) { return absl::StrCat(LayerPrefix(layer), "mlp.", kRouter, ".expert_bias"); }
 
+std::string LoraTensorName(int64_t layer, const std::string& proj, const std::string& matrix) {
+  return absl::StrCat(LayerPrefix(layer), "mlp.", kFrozenLora, ".", proj, ".", matrix);
+}
+
 MoeTensorRole MoeTensorRoleOf(absl::string_view name) {
+  if (absl::StrContains(name, absl::StrCat(".mlp.", kFrozenLora, "."))) return MoeTensorRole::kLoraAdapter;
   if (absl::StrContains(name, absl::StrCat(".mlp.", kFrozenExperts, "."))) return MoeTensorRole::kFrozenExpert;
   if (absl::StrContains(name, absl::StrCat(".mlp.", kLearnedExperts, "."))) return MoeTensorRole::kLearnedExpert;
   if (absl::EndsWith(name, absl::StrCat(".mlp.", kRouter, ".weight"))) return MoeTensorRole::kRouterWeight;
@@ -32,6 +37,14 @@ std::vector<TensorSpec> MoeFfnTensorSpecs(const LlamaConfig& cfg, const MoeConfi
   }
   out.push_back({RouterWeightName(layer), dtype, {moe.num_experts(), H}});
   out.push_back({RouterBiasName(layer), DType::kF32, {moe.num_experts()}});
+  if (moe.lora_rank > 0) {
+    const int64_t nf = moe.num_frozen_experts, r = moe.lora_rank;
+    for (int k = 0; k < 3; ++k) {
+      const int64_t in = k < 2 ? H : Ie, out_dim = k < 2 ? Ie : H;
+      out.push_back({LoraTensorName(layer, kFfnProjections[k], "lora_A"), dtype, {nf, r, in}});
+      out.push_back({LoraTensorName(layer, kFfnProjections[k], "lora_B"), dtype, {nf, out_dim, r}});
+    }
+  }
   return out;
 }
 

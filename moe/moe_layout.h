@@ -8,6 +8,11 @@
 //   model.layers.L.mlp.learned_experts.{gate,up,down}_proj.weight   (same with Nl)
 //   model.layers.L.mlp.router.weight                      [E, H]   (experts: frozen first)
 //   model.layers.L.mlp.router.expert_bias                 [E]      F32, selection-only bias
+// and, for a model with LoRA adapters on its frozen experts (rank r, moe/lora.h):
+//   model.layers.L.mlp.frozen_lora.{gate,up}_proj.lora_A  [Nf, r, H]
+//   model.layers.L.mlp.frozen_lora.{gate,up}_proj.lora_B  [Nf, Ie, r]
+//   model.layers.L.mlp.frozen_lora.down_proj.lora_A       [Nf, r, Ie]
+//   model.layers.L.mlp.frozen_lora.down_proj.lora_B       [Nf, H, r]
 // Expert e of a stack is one contiguous byte range, so it can be read without its neighbours.
 // The module names of moe/moe_layer.h are these names' parts, so parameters load by name.
 //
@@ -35,11 +40,14 @@ namespace llama_moe {
 inline constexpr char kFrozenExperts[] = "frozen_experts";
 inline constexpr char kLearnedExperts[] = "learned_experts";
 inline constexpr char kRouter[] = "router";
+inline constexpr char kFrozenLora[] = "frozen_lora";
 
 // `group` is kFrozenExperts or kLearnedExperts; `proj` one of kFfnProjections (model/llama_layout.h).
 std::string ExpertTensorName(int64_t layer, const std::string& group, const std::string& proj);
 std::string RouterWeightName(int64_t layer);
 std::string RouterBiasName(int64_t layer);
+// `proj` one of kFfnProjections; `matrix` "lora_A" or "lora_B".
+std::string LoraTensorName(int64_t layer, const std::string& proj, const std::string& matrix);
 
 // What a tensor of an MoE (or dense) checkpoint is, from its name: what the trainer freezes,
 // trains and scales by.
@@ -48,6 +56,7 @@ enum class MoeTensorRole {
   kLearnedExpert,  // a learned expert stack
   kRouterWeight,   // a router's weight
   kRouterBias,     // a router's selection bias (balancing state, not a gradient-trained parameter)
+  kLoraAdapter,    // a low-rank adapter of the frozen experts
   kOther,          // embeddings, attention, norms, head, a dense FFN
 };
 MoeTensorRole MoeTensorRoleOf(absl::string_view name);

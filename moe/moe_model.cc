@@ -44,6 +44,10 @@ void LoadedModel::SetRouting(RoutingMode mode) {
   for (MoeFeedForward* l : moe_layers) l->set_mode(mode);
 }
 
+void LoadedModel::SetLoraEnabled(bool enabled) {
+  for (MoeFeedForward* l : moe_layers) l->set_lora_enabled(enabled);
+}
+
 absl::Status CheckRouting(const std::optional<MoeConfig>& moe, RoutingMode mode, const std::string& dir) {
   if (moe && mode == RoutingMode::kLearnedOnly && moe->num_learned_experts == 0) {
     return absl::InvalidArgumentError(

@@ -37,6 +37,8 @@ struct LoadedModel {
 
   // Sets the routing mode of every MoE layer.
   void SetRouting(RoutingMode mode);
+  // Switches the frozen experts' LoRA adapters on or off in every MoE layer (no-op without them).
+  void SetLoraEnabled(bool enabled);
 };
 
 // Loads `dir`; an MoE model's routing mode must be one it can run (CheckRouting). A Mixtral

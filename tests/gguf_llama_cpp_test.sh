@@ -64,6 +64,17 @@ grep -q "as ernie4_5-moe" "$work/trained_moe_f32.export" || fail "trained MoE: n
 check moe_f16 "$work/moe" --dtype f16 -- --tolerance 2e-3 --greedy_tokens 0
 check moe_bf16 "$work/moe" --dtype bf16 -- --tolerance 0.2 --greedy_tokens 0
 
+# LoRA adapters trained on the frozen experts (nothing else moves, the selection bias included):
+# llama.cpp has no per-expert adapters, so the export merges them into the frozen experts.
+"$convert" --input "$shipped" --output "$work/moe_lora" --dtype float32 --set "lora_rank: 8" >/dev/null 2>&1 ||
+  fail "convert with LoRA"
+"$train" --config "$train_config" --set "model_dir: \"$work/moe_lora\" data_dir: \"$work/data\"
+  output_dir: \"$work/train_lora\" trainable: LORA_ADAPTERS lr: 1e-3 steps: 3 eval_every: 3 global_batch: 8
+  micro_batch: 8 warmup_steps: 1 eval_sequences: 4" >"$work/train_lora.log" 2>&1 ||
+  { fail "train LoRA"; cat "$work/train_lora.log"; }
+check lora_moe_f32 "$work/train_lora/$(cat "$work/train_lora/latest")" --dtype f32
+grep -q "LoRA adapters (rank 8, alpha 16) merged" "$work/lora_moe_f32.export" || fail "LoRA export: no merge note"
+
 # Bad input.
 expect_error "unknown format" "unknown export format 'onnx'" \
   "$export_bin" --model "$shipped" --format onnx --output "$work/never.onnx"

@@ -115,6 +115,38 @@ TEST(MoeLogitMatchTest, ComplementaryRouterEqualsDenseWithBothGroupsLoaded) {
   }
 }
 
+// LoRA adapters as converted (B = 0) leave every mode's logits as they were without them:
+// identity still equals the dense model, learned_only and identity exactly, routed to float32
+// rounding (its adapted experts run through ATen GEMMs instead of the dispatch's kernels).
+TEST(MoeLogitMatchTest, ZeroBLoraAdaptersLeaveEveryModeUnchanged) {
+  at::manual_seed(4);
+  const at::Tensor tokens = at::randint(0, 510, {80}, at::kLong);
+  Models m = Make("lora_rank: 4 lora_alpha: 8", DType::kF32, 2, false);
+  ModelLoadOptions o;
+  o.dtype = DType::kF32;
+  LoadedModel model = *LoadModel(m.moe, o);
+  ASSERT_EQ(model.moe->lora_rank, 4);
+  ASSERT_TRUE(model.moe_layers[0]->lora_active());
+  // A is drawn, B is zero, as LoRA initialises them.
+  EXPECT_GT(model.moe_layers[0]->lora().gate_a.abs().sum().item<double>(), 0);
+  EXPECT_EQ(model.moe_layers[0]->lora().down_b.abs().sum().item<double>(), 0);
+  const at::Tensor dense = Logits(m.dense, RoutingMode::kRouted, tokens);
+  for (RoutingMode mode : {RoutingMode::kIdentity, RoutingMode::kLearnedOnly, RoutingMode::kRouted}) {
+    model.SetRouting(mode);
+    model.SetLoraEnabled(true);
+    const at::Tensor with = *model.model->Forward(tokens);
+    model.SetLoraEnabled(false);
+    const at::Tensor without = *model.model->Forward(tokens);
+    if (mode == RoutingMode::kRouted) {
+      EXPECT_LT(RelErr(with, without), 1e-6);
+    } else {
+      EXPECT_TRUE(at::equal(with, without)) << RoutingModeName(mode);
+    }
+    if (mode == RoutingMode::kIdentity) EXPECT_LT(RelErr(with, dense), 1e-5);
+    for (MoeFeedForward* l : model.moe_layers) l->TakeRoutingStats();
+  }
+}
+
 TEST(MoeLogitMatchTest, NormalRouterRoutedModeDiffersButStaysOnScale) {
   at::manual_seed(2);
   const at::Tensor tokens = at::randint(0, 510, {64}, at::kLong);

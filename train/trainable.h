@@ -12,7 +12,9 @@
 namespace llama_moe {
 
 // Frozen experts never train, nor do selection biases (the balancing update moves them); by
-// default learned experts and router weights do; with ALL every other parameter too.
+// default learned experts and router weights do; with ALL every other parameter too; LoRA
+// adapters with ALL and the two LORA settings, the learned experts and routers with every
+// setting but LORA_ADAPTERS.
 inline bool Trains(MoeTensorRole role, TrainConfig::Trainable trainable) {
   switch (role) {
     case MoeTensorRole::kFrozenExpert:
@@ -20,12 +22,17 @@ inline bool Trains(MoeTensorRole role, TrainConfig::Trainable trainable) {
       return false;
     case MoeTensorRole::kLearnedExpert:
     case MoeTensorRole::kRouterWeight:
-      return true;
+      return trainable != TrainConfig::LORA_ADAPTERS;
+    case MoeTensorRole::kLoraAdapter:
+      return trainable != TrainConfig::LEARNED_EXPERTS_AND_ROUTERS;
     case MoeTensorRole::kOther:
       break;
   }
   return trainable == TrainConfig::ALL;
 }
+
+// Whether the routers learn, and with them the selection biases move (the balancing update).
+inline bool RoutersTrain(TrainConfig::Trainable trainable) { return trainable != TrainConfig::LORA_ADAPTERS; }
 
 }  // namespace llama_moe
 

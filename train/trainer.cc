@@ -103,6 +103,7 @@ struct TrainingRun {
   int64_t tokens_per_step = 0;  // global batch x sequence length
   std::string run_id;           // shared by the ranks of this run
   MemoryPlan plan;              // per rank, computed before anything is allocated
+  bool created_output_dir = false;  // this run made output_dir (removed again if set-up fails)
   double bias_rate = 0;         // balancing update rate
 
   bool lead() const { return comm->rank() == 0; }
@@ -131,6 +132,7 @@ absl::Status SetUpRun(TrainingRun& t) {
                    Communicator::Create(t.options.env, t.device, std::chrono::seconds(t.cfg.timeout_seconds())));
   if (t.lead()) {
     std::error_code ec;
+    t.created_output_dir = !std::filesystem::exists(t.cfg.output_dir(), ec);
     std::filesystem::create_directories(t.cfg.output_dir(), ec);
     if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create '", t.cfg.output_dir(), "': ", ec.message()));
   }
@@ -185,8 +187,9 @@ absl::StatusOr<std::vector<double>> SetUpModel(TrainingRun& t, const std::string
   }
   std::vector<double> lr_scales = SelectTrainable(t);
   if (t.trainable.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("nothing to train in '", start_dir,
-                                                   "' with this 'trainable' setting (a dense model needs trainable: ALL)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "nothing to train in '", start_dir, "' with trainable: ", TrainConfig::Trainable_Name(t.cfg.trainable()),
+        " (a dense model needs ALL; the LORA settings need a model converted with lora_rank)"));
   }
   return lr_scales;
 }
@@ -231,36 +234,53 @@ absl::Status SetUpOptimizer(TrainingRun& t, const std::vector<double>& lr_scales
   return absl::OkStatus();
 }
 
-// Everything a run needs, in order: communication and the starting point, the model, the data,
-// the optimizer, metrics and progress.
+absl::Status SetUpAfterRun(TrainingRun& t);
+
+// Everything a run needs; on failure, no output directory of its own left behind.
 absl::StatusOr<std::unique_ptr<TrainingRun>> SetUp(const TrainConfig& cfg, const TrainRunOptions& options) {
   RETURN_IF_ERROR(ValidateTrainConfig(cfg));
   auto t = std::make_unique<TrainingRun>();
   t->cfg = cfg;
   t->options = options;
   RETURN_IF_ERROR(SetUpRun(*t));
-  const std::string start_dir = t->resume ? t->resume->dir : cfg.model_dir();
-  RETURN_IF_ERROR(PlanMemory(*t, start_dir));
-  if (options.plan_only) return t;
-  ASSIGN_OR_RETURN(const std::vector<double> lr_scales, SetUpModel(*t, start_dir));
-  RETURN_IF_ERROR(SetUpData(*t));
-  RETURN_IF_ERROR(SetUpOptimizer(*t, lr_scales, start_dir));
-  t->bias_rate = cfg.bias_update_rate() > 0 ? cfg.bias_update_rate()
-                                            : (t->loaded.moe ? t->loaded.moe->bias_update_rate : 0.0);
-  t->tokens_per_step = static_cast<int64_t>(cfg.global_batch()) * cfg.seq_len();
-  t->stop_at = options.stop_after_steps > 0 ? std::min<int64_t>(cfg.steps(), t->step + options.stop_after_steps)
+  const absl::Status status = SetUpAfterRun(*t);
+  // A refused run leaves nothing behind: the output directory goes again if this run made it
+  // and nothing was written into it (remove() leaves a non-empty directory alone).
+  if ((!status.ok() || options.plan_only) && t->created_output_dir) {
+    std::error_code ec;
+    std::filesystem::remove(cfg.output_dir(), ec);
+  }
+  if (!status.ok()) return status;
+  return t;
+}
+
+// Everything after SetUpRun, in order: the memory plan, the model, the data, the optimizer,
+// metrics and progress.
+absl::Status SetUpAfterRun(TrainingRun& t) {
+  const TrainConfig& cfg = t.cfg;
+  const TrainRunOptions& options = t.options;
+  const std::string start_dir = t.resume ? t.resume->dir : cfg.model_dir();
+  RETURN_IF_ERROR(PlanMemory(t, start_dir));
+  if (options.plan_only) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const std::vector<double> lr_scales, SetUpModel(t, start_dir));
+  RETURN_IF_ERROR(SetUpData(t));
+  RETURN_IF_ERROR(SetUpOptimizer(t, lr_scales, start_dir));
+  t.bias_rate = cfg.bias_update_rate() > 0 ? cfg.bias_update_rate()
+                                            : (t.loaded.moe ? t.loaded.moe->bias_update_rate : 0.0);
+  t.tokens_per_step = static_cast<int64_t>(cfg.global_batch()) * cfg.seq_len();
+  t.stop_at = options.stop_after_steps > 0 ? std::min<int64_t>(cfg.steps(), t.step + options.stop_after_steps)
                                             : cfg.steps();
-  if (t->lead()) RETURN_IF_ERROR(t->metrics.Open(JoinPath(cfg.output_dir(), "metrics.jsonl"), options.resume));
-  t->progress = std::make_unique<Progress>(t->step, cfg.steps(), options.tty && t->lead());
-  if (t->lead()) {
-    t->progress->Note(absl::StrFormat(
+  if (t.lead()) RETURN_IF_ERROR(t.metrics.Open(JoinPath(cfg.output_dir(), "metrics.jsonl"), options.resume));
+  t.progress = std::make_unique<Progress>(t.step, cfg.steps(), options.tty && t.lead());
+  if (t.lead()) {
+    t.progress->Note(absl::StrFormat(
         "training %s on %s: %d trainable tensors (%d parameters), %d rank(s) [%s], %d micro-steps of %d x %d tokens, "
         "optimizer state %.1f MB per rank, from step %d",
-        start_dir, cfg.data_dir(), t->trainable.size(), t->opt->num_elements(), t->comm->world_size(),
-        t->comm->backend(), t->loader->micro_steps(), cfg.micro_batch(), cfg.seq_len(), t->opt->state_bytes() / 1e6,
-        t->step));
+        start_dir, cfg.data_dir(), t.trainable.size(), t.opt->num_elements(), t.comm->world_size(),
+        t.comm->backend(), t.loader->micro_steps(), cfg.micro_batch(), cfg.seq_len(), t.opt->state_bytes() / 1e6,
+        t.step));
   }
-  return t;
+  return absl::OkStatus();
 }
 
 // Forward, backward and gradient accumulation over the step's micro-batches; the routing
@@ -284,9 +304,12 @@ absl::StatusOr<StepStats> ForwardBackward(TrainingRun& t) {
       const at::Tensor inputs = batch.narrow(1, 0, t.cfg.seq_len());
       at::Tensor teacher;
       if (distill > 0) {
-        // The dense model: identity routing of the same weights, without gradients or statistics.
+        // The dense model: identity routing of the frozen slices without the adapters, and without
+        // gradients or statistics.
         t.loaded.SetRouting(RoutingMode::kIdentity);
+        t.loaded.SetLoraEnabled(false);
         teacher = t.loaded.model->ForwardUnchecked(inputs, ForwardOptions{});
+        t.loaded.SetLoraEnabled(true);
         t.loaded.SetRouting(RoutingMode::kRouted);
       }
       const at::Tensor logits = t.loaded.model->ForwardUnchecked(inputs, fo);
@@ -380,7 +403,7 @@ absl::StatusOr<double> TrainStep(TrainingRun& t) {
   json layers = json::array();
   for (size_t l = 0; l < stats.layers.size(); ++l) {
     const at::Tensor load = at::tensor(stats.layers[l].load, at::TensorOptions().dtype(at::kDouble));
-    if (t.cfg.update_bias()) t.router(l).UpdateBalance(load, t.bias_rate);
+    if (t.cfg.update_bias() && RoutersTrain(t.cfg.trainable())) t.router(l).UpdateBalance(load, t.bias_rate);
     const double mean = load.mean().item<double>();
     layers.push_back({{"layer", l},
                       {"max_over_mean_load", mean > 0 ? load.max().item<double>() / mean : 0.0},
