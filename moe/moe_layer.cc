@@ -101,6 +101,7 @@ ExpertBank MoeFeedForward::experts() const {
 at::Tensor MoeFeedForward::forward(const at::Tensor& x_in) {
   const auto shape = x_in.sizes().vec();
   const at::Tensor x = x_in.reshape({-1, shape.back()});  // [T,H]
+  if (input_sink_ != nullptr) input_sink_->push_back(x.detach());
   at::Tensor y;
   switch (options_.mode) {
     case RoutingMode::kIdentity:

@@ -31,6 +31,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "model/llama_model.h"
@@ -113,6 +114,9 @@ class MoeFeedForward : public FeedForward {
   // the layer computes exactly what it would without them, in every mode.
   void set_lora_enabled(bool enabled) { lora_enabled_ = enabled; }
   bool lora_active() const { return lora_ != nullptr && lora_enabled_; }
+  // When set, every forward appends its input [T,H] (detached) to `sink`: how a tool collects a
+  // layer's real FFN inputs, e.g. for layer-wise distillation. nullptr stops it.
+  void set_input_sink(std::vector<at::Tensor>* sink) { input_sink_ = sink; }
   const MoeConfig& moe() const { return moe_; }
   // Returns the statistics accumulated since the last call and resets them.
   RoutingStats TakeRoutingStats();
@@ -126,6 +130,7 @@ class MoeFeedForward : public FeedForward {
   std::shared_ptr<ExpertStack> frozen_, learned_;  // learned_ null when Nl = 0
   std::shared_ptr<LoraStack> lora_;                 // null when lora_rank = 0
   bool lora_enabled_ = true;
+  std::vector<at::Tensor>* input_sink_ = nullptr;
   std::shared_ptr<Router> router_;
   RoutingStats stats_;
 };
