@@ -12,6 +12,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "model/file_util.h"
+#include "model/llama_model.h"
 #include "model/main_util.h"
 #include "model/status_macros.h"
 #include "train/expert_distill.h"
@@ -25,6 +26,7 @@ ABSL_FLAG(int64_t, batch_tokens, 512, "activation rows per step");
 ABSL_FLAG(double, lr, 1e-3, "Adam learning rate of the learned experts");
 ABSL_FLAG(double, router_lr_scale, 0.1, "the router weights' learning-rate factor");
 ABSL_FLAG(uint64_t, seed, 0, "batch order");
+ABSL_FLAG(std::string, device, "cpu", "device, e.g. cpu, cuda, cuda:1");
 ABSL_FLAG(bool, overwrite, false, "replace an existing --output");
 
 namespace llama_moe {
@@ -45,6 +47,7 @@ absl::Status Run() {
   o.router_lr_scale = absl::GetFlag(FLAGS_router_lr_scale);
   o.seed = absl::GetFlag(FLAGS_seed);
   o.overwrite = absl::GetFlag(FLAGS_overwrite);
+  ASSIGN_OR_RETURN(o.device, ParseDevice(absl::GetFlag(FLAGS_device)));
   o.log = [](const std::string& line) { std::printf("%s\n", line.c_str()); std::fflush(stdout); };
   ASSIGN_OR_RETURN(const std::vector<LayerDistillResult> layers, DistillExperts(o));
   std::printf("wrote %s (%zu layers distilled)\n", o.output_dir.c_str(), layers.size());
@@ -58,7 +61,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Fits each MoE layer to the dense FFN it replaced, on calibration text.\n"
       "  distill_experts --model DIR --output DIR --calibration_text FILE [--steps 200] [--lr 1e-3]\n"
-      "                  [--batch_tokens 512] [--calibration_tokens 4096] [--seed 0] [--overwrite]");
+      "                  [--batch_tokens 512] [--calibration_tokens 4096] [--seed 0] [--device cpu] [--overwrite]");
   absl::ParseCommandLine(argc, argv);
   return llama_moe::RunMain("distill_experts", llama_moe::Run);
 }

@@ -66,7 +66,7 @@ absl::StatusOr<at::Tensor> CalibrationTokens(const ExpertDistillOptions& o) {
                                                    " tokens; at least ", kMinCalibrationTokens, " are needed"));
   }
   if (static_cast<int64_t>(ids.size()) > o.calibration_tokens) ids.resize(o.calibration_tokens);
-  return at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong);
+  return at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong).to(o.device);
 }
 
 // Every layer's FFN inputs under the dense model (identity routing, no adapters): [N, H] each.
@@ -102,8 +102,10 @@ LayerDistillResult DistillLayer(MoeFeedForward& layer, int64_t l, const at::Tens
     target = AllFrozenForward(x, layer.experts());  // the dense FFN
   }
   const int64_t n = x.size(0);
-  const at::Tensor heldout = at::arange(9, n, 10, at::kLong);
-  const at::Tensor fit = at::arange(n, at::kLong).masked_select(at::arange(n, at::kLong).remainder(10) != 9);
+  const at::TensorOptions index = at::TensorOptions().dtype(at::kLong).device(x.device());
+  const at::Tensor heldout = at::arange(9, n, 10, index);
+  const at::Tensor all = at::arange(n, index);
+  const at::Tensor fit = all.masked_select(all.remainder(10) != 9);
   const at::Tensor x_fit = x.index_select(0, fit), y_fit = target.index_select(0, fit);
   const at::Tensor x_out = x.index_select(0, heldout), y_out = target.index_select(0, heldout);
   layer.set_mode(RoutingMode::kRouted);
@@ -131,7 +133,8 @@ LayerDistillResult DistillLayer(MoeFeedForward& layer, int64_t l, const at::Tens
   const int64_t nfit = x_fit.size(0), batch = std::min(o.batch_tokens, nfit);
   const double rate = layer.moe().bias_update_rate;
   for (int64_t step = 0; step < o.steps; ++step) {
-    const at::Tensor rows = at::randperm(nfit, gen, at::kLong).narrow(0, 0, batch);
+    // Drawn on the CPU, so that the batches are the same on every device.
+    const at::Tensor rows = at::randperm(nfit, gen, at::kLong).narrow(0, 0, batch).to(x.device());
     const at::Tensor xb = x_fit.index_select(0, rows), yb = y_fit.index_select(0, rows);
     adam.zero_grad();
     const at::Tensor out = layer.forward(xb);
@@ -147,7 +150,7 @@ LayerDistillResult DistillLayer(MoeFeedForward& layer, int64_t l, const at::Tens
   {
     c10::NoGradGuard no_grad;
     layer.forward(x);
-    const at::Tensor load = layer.TakeRoutingStats().load.to(at::kDouble);
+    const at::Tensor load = layer.TakeRoutingStats().load.to(at::kCPU, at::kDouble);
     r.max_over_mean_load = (load.max() / load.mean()).item<double>();
   }
   layer.set_mode(RoutingMode::kRouted);
@@ -186,6 +189,7 @@ absl::StatusOr<std::vector<LayerDistillResult>> DistillExperts(const ExpertDisti
   RETURN_IF_ERROR(CheckOptions(o));
   ModelLoadOptions lo;
   lo.dtype = DType::kF32;  // the fit runs in float32; the output keeps the source's storage dtypes
+  lo.device = o.device;
   ASSIGN_OR_RETURN(LoadedModel m, LoadModel(o.model_dir, lo));
   if (!m.moe) {
     return absl::InvalidArgumentError(absl::StrCat("'", o.model_dir,

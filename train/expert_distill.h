@@ -20,6 +20,8 @@
 #ifndef LLAMA_MOE_TRAIN_EXPERT_DISTILL_H_
 #define LLAMA_MOE_TRAIN_EXPERT_DISTILL_H_
 
+#include <c10/core/Device.h>
+
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -39,6 +41,7 @@ struct ExpertDistillOptions {
   double lr = 1e-3;                   // Adam learning rate
   double router_lr_scale = 0.1;       // router weights learn this much slower (as in training)
   uint64_t seed = 0;                  // batch order
+  c10::Device device = c10::Device(c10::kCPU);  // where the model and the activations live, e.g. cuda:0
   bool overwrite = false;
   std::function<void(const std::string&)> log;  // progress lines; may be empty
 };
