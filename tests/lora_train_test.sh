@@ -29,23 +29,10 @@ common="$shape steps: 8 eval_sequences: 16 eval_every: 8"
 "$train" --set "$shape model_dir: \"$work/moe_exact\" output_dir: \"$work/L3\" trainable: LORA_AND_LEARNED steps: 2
   eval_sequences: 4 distill_weight: 1.0" >"$work/L3.out" 2>"$work/L3.err" || { cat "$work/L3.err"; exit 1; }
 
-python3 - "$work" <<'PY'
-import glob, json, struct, sys
+PYTHONPATH="$(dirname "$0")" python3 - "$work" <<'PY'
+import json, sys
+from checkpoint_bytes import tensors
 work = sys.argv[1]
-
-def tensors(d):
-    out = {}
-    for f in glob.glob(f"{d}/*.safetensors"):
-        if "optimizer" in f:
-            continue
-        b = open(f, "rb").read()
-        n = struct.unpack("<Q", b[:8])[0]
-        h = json.loads(b[8:8 + n])
-        for k, v in h.items():
-            if k != "__metadata__":
-                s, e = v["data_offsets"]
-                out[k] = b[8 + n + s:8 + n + e]
-    return out
 
 def final(run):
     return f"{work}/{run}/" + open(f"{work}/{run}/latest").read().strip()

@@ -89,8 +89,9 @@ if "$train" --set "model_dir: \"$work/dense\" data_dir: \"$work/data\" output_di
 fi
 grep -q "distill_weight needs an MoE model" "$work/L.err" || { echo "FAIL: unclear distill error:"; cat "$work/L.err"; exit 1; }
 
-python3 - "$work" <<'PY'
-import json, struct, sys
+PYTHONPATH="$(dirname "$0")" python3 - "$work" <<'PY'
+import json, sys
+from checkpoint_bytes import tensors
 work = sys.argv[1]
 
 def losses(run):
@@ -103,21 +104,6 @@ def losses(run):
 
 def heldout(run):
     return {m["step"]: m["heldout_loss"] for m in map(json.loads, open(f"{work}/{run}/metrics.jsonl")) if "heldout_loss" in m}
-
-def tensors(d):
-    out = {}
-    import glob
-    for f in glob.glob(f"{d}/*.safetensors"):
-        if "optimizer" in f:
-            continue
-        b = open(f, "rb").read()
-        n = struct.unpack("<Q", b[:8])[0]
-        h = json.loads(b[8:8 + n])
-        for k, v in h.items():
-            if k != "__metadata__":
-                s, e = v["data_offsets"]
-                out[k] = b[8 + n + s:8 + n + e]
-    return out
 
 fails = []
 A, B, C = losses("A"), losses("B"), losses("C")

