@@ -234,26 +234,6 @@ absl::Status SetUpOptimizer(TrainingRun& t, const std::vector<double>& lr_scales
   return absl::OkStatus();
 }
 
-absl::Status SetUpAfterRun(TrainingRun& t);
-
-// Everything a run needs; on failure, no output directory of its own left behind.
-absl::StatusOr<std::unique_ptr<TrainingRun>> SetUp(const TrainConfig& cfg, const TrainRunOptions& options) {
-  RETURN_IF_ERROR(ValidateTrainConfig(cfg));
-  auto t = std::make_unique<TrainingRun>();
-  t->cfg = cfg;
-  t->options = options;
-  RETURN_IF_ERROR(SetUpRun(*t));
-  const absl::Status status = SetUpAfterRun(*t);
-  // A refused run leaves nothing behind: the output directory goes again if this run made it
-  // and nothing was written into it (remove() leaves a non-empty directory alone).
-  if ((!status.ok() || options.plan_only) && t->created_output_dir) {
-    std::error_code ec;
-    std::filesystem::remove(cfg.output_dir(), ec);
-  }
-  if (!status.ok()) return status;
-  return t;
-}
-
 // Everything after SetUpRun, in order: the memory plan, the model, the data, the optimizer,
 // metrics and progress.
 absl::Status SetUpAfterRun(TrainingRun& t) {
@@ -281,6 +261,24 @@ absl::Status SetUpAfterRun(TrainingRun& t) {
         t.step));
   }
   return absl::OkStatus();
+}
+
+// Everything a run needs; on failure, no output directory of its own left behind.
+absl::StatusOr<std::unique_ptr<TrainingRun>> SetUp(const TrainConfig& cfg, const TrainRunOptions& options) {
+  RETURN_IF_ERROR(ValidateTrainConfig(cfg));
+  auto t = std::make_unique<TrainingRun>();
+  t->cfg = cfg;
+  t->options = options;
+  RETURN_IF_ERROR(SetUpRun(*t));
+  const absl::Status status = SetUpAfterRun(*t);
+  // A refused run leaves nothing behind: the output directory goes again if this run made it
+  // and nothing was written into it (remove() leaves a non-empty directory alone).
+  if ((!status.ok() || options.plan_only) && t->created_output_dir) {
+    std::error_code ec;
+    std::filesystem::remove(cfg.output_dir(), ec);
+  }
+  if (!status.ok()) return status;
+  return t;
 }
 
 // Forward, backward and gradient accumulation over the step's micro-batches; the routing
