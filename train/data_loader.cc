@@ -207,9 +207,8 @@ absl::StatusOr<at::Tensor> DataLoader::TargetMask(int64_t step, int64_t micro, i
 absl::StatusOr<int64_t> DataLoader::StepTargets(int64_t step) const {
   if (!stream_->has_loss_mask()) return options_.global_batch * options_.seq_len;
   int64_t total = 0;
-  const int64_t per_micro = options_.world_size;
   for (int64_t a = 0; a < micro_steps_; ++a) {
-    for (int64_t r = 0; r < per_micro; ++r) {
+    for (int64_t r = 0; r < options_.world_size; ++r) {
       ASSIGN_OR_RETURN(const at::Tensor mask, TargetMask(step, a, r));
       total += mask.sum().item<int64_t>();
     }

@@ -153,7 +153,6 @@ LayerDistillResult DistillLayer(MoeFeedForward& layer, int64_t l, const at::Tens
     const at::Tensor load = layer.TakeRoutingStats().load.to(at::kCPU, at::kDouble);
     r.max_over_mean_load = (load.max() / load.mean()).item<double>();
   }
-  layer.set_mode(RoutingMode::kRouted);
   return r;
 }
 
