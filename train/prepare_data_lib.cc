@@ -48,7 +48,6 @@ class SplitWriter {
       }
       buffer_mask_.push_back(0);
     }
-    ++buffer_documents_;
     if (buffer_.size() >= shard_tokens_) return Flush();
     return absl::OkStatus();
   }
@@ -68,23 +67,21 @@ class SplitWriter {
     ShardEntry entry;
     entry.file = absl::StrFormat("%s-%05d.tok", split_, info_.shards.size());
     const std::string path = JoinPath(dir_, entry.file);
+    // The writer's header: counts and the checksum of the stored words (mask bits included).
+    TokenShardHeader header;
     if (masked_) {
-      RETURN_IF_ERROR(WriteTokenShard(path, buffer_, buffer_mask_, vocab_size_, eos_id_));
-      // The checksum covers the stored words, mask bits included.
-      for (size_t i = 0; i < buffer_.size(); ++i) buffer_[i] |= buffer_mask_[i] ? 0 : kTokenNoLossBit;
+      RETURN_IF_ERROR(WriteTokenShard(path, buffer_, buffer_mask_, vocab_size_, eos_id_, &header));
     } else {
-      RETURN_IF_ERROR(WriteTokenShard(path, buffer_, vocab_size_, eos_id_));
+      RETURN_IF_ERROR(WriteTokenShard(path, buffer_, vocab_size_, eos_id_, &header));
     }
-    entry.num_tokens = buffer_.size();
-    entry.num_documents = buffer_documents_;
-    entry.payload_hash =
-        Fnv1a64(absl::string_view(reinterpret_cast<const char*>(buffer_.data()), buffer_.size() * sizeof(uint32_t)));
+    entry.num_tokens = header.num_tokens;
+    entry.num_documents = header.num_documents;
+    entry.payload_hash = header.payload_hash;
     info_.num_tokens += entry.num_tokens;
     info_.num_documents += entry.num_documents;
     info_.shards.push_back(std::move(entry));
     buffer_.clear();
     buffer_mask_.clear();
-    buffer_documents_ = 0;
     return absl::OkStatus();
   }
 
@@ -96,7 +93,6 @@ class SplitWriter {
   const bool masked_;
   std::vector<uint32_t> buffer_;
   std::vector<uint8_t> buffer_mask_;
-  uint64_t buffer_documents_ = 0;
   uint64_t loss_tokens_ = 0;
   SplitInfo info_;
 };

@@ -131,7 +131,7 @@ std::string HashToHex(uint64_t hash) { return absl::StrFormat("0x%016x", hash); 
 namespace {
 
 absl::Status WriteShardFile(const std::string& path, absl::Span<const uint32_t> words, uint32_t dtype,
-                            uint32_t vocab_size, uint32_t eos_id) {
+                            uint32_t vocab_size, uint32_t eos_id, TokenShardHeader* written) {
   if (eos_id >= vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat("token shard '", path, "': EOS id ", eos_id,
                                                    " >= vocab size ", vocab_size));
@@ -170,18 +170,20 @@ absl::Status WriteShardFile(const std::string& path, absl::Span<const uint32_t> 
     status = absl::InternalError(absl::StrCat("renaming '", tmp, "' to '", path, "': ", ErrnoText()));
   }
   if (!status.ok()) ::unlink(tmp.c_str());
+  if (status.ok() && written != nullptr) *written = header;
   return status;
 }
 
 }  // namespace
 
 absl::Status WriteTokenShard(const std::string& path, absl::Span<const uint32_t> tokens,
-                             uint32_t vocab_size, uint32_t eos_id) {
-  return WriteShardFile(path, tokens, kTokenShardDtypeUint32, vocab_size, eos_id);
+                             uint32_t vocab_size, uint32_t eos_id, TokenShardHeader* written) {
+  return WriteShardFile(path, tokens, kTokenShardDtypeUint32, vocab_size, eos_id, written);
 }
 
 absl::Status WriteTokenShard(const std::string& path, absl::Span<const uint32_t> tokens,
-                             absl::Span<const uint8_t> loss_mask, uint32_t vocab_size, uint32_t eos_id) {
+                             absl::Span<const uint8_t> loss_mask, uint32_t vocab_size, uint32_t eos_id,
+                             TokenShardHeader* written) {
   if (loss_mask.size() != tokens.size()) {
     return absl::InvalidArgumentError(absl::StrCat("token shard '", path, "': ", tokens.size(), " tokens but ",
                                                    loss_mask.size(), " loss mask entries"));
@@ -194,7 +196,7 @@ absl::Status WriteTokenShard(const std::string& path, absl::Span<const uint32_t>
     }
     words[i] = tokens[i] | (loss_mask[i] ? 0 : kTokenNoLossBit);
   }
-  return WriteShardFile(path, words, kTokenShardDtypeUint32Masked, vocab_size, eos_id);
+  return WriteShardFile(path, words, kTokenShardDtypeUint32Masked, vocab_size, eos_id, written);
 }
 
 TokenShard::~TokenShard() {

@@ -92,13 +92,15 @@ struct TokenShardHeader {
 
 // Writes `tokens` as a shard at `path`, atomically: a temporary file in the same directory is
 // written, fsynced and renamed. Fails (naming the path) when an id is >= vocab_size or when the
-// payload is non-empty and does not end with eos_id (every document must be terminated).
+// payload is non-empty and does not end with eos_id (every document must be terminated). With
+// `written`, receives the header written (counts and checksum, as a manifest entry needs them).
 absl::Status WriteTokenShard(const std::string& path, absl::Span<const uint32_t> tokens,
-                             uint32_t vocab_size, uint32_t eos_id);
+                             uint32_t vocab_size, uint32_t eos_id, TokenShardHeader* written = nullptr);
 // The same with a loss mask (a dtype-2 shard): loss_mask[i] != 0 when token i counts as a target.
 // The sizes must agree.
 absl::Status WriteTokenShard(const std::string& path, absl::Span<const uint32_t> tokens,
-                             absl::Span<const uint8_t> loss_mask, uint32_t vocab_size, uint32_t eos_id);
+                             absl::Span<const uint8_t> loss_mask, uint32_t vocab_size, uint32_t eos_id,
+                             TokenShardHeader* written = nullptr);
 
 struct TokenShardOpenOptions {
   // Hash the payload and check every id against the vocabulary: one pass over the file
