@@ -10,6 +10,11 @@ ExpertWeights ExpertBank::Expert(int64_t e) const {
   return {learned_gate[e - nf], learned_up[e - nf], learned_down[e - nf]};
 }
 
+at::Tensor CountPerExpert(const at::Tensor& expert, int64_t num_experts) {
+  const at::Tensor flat = expert.reshape({-1}).to(at::kLong);
+  return at::zeros({num_experts}, flat.options()).scatter_add_(0, flat, at::ones_like(flat));
+}
+
 at::Tensor ExpertSwiGlu(const ExpertWeights& w, const at::Tensor& x) {
   return at::matmul(at::silu(at::matmul(x, w.gate.t())) * at::matmul(x, w.up.t()), w.down.t());
 }

@@ -35,6 +35,10 @@ struct ExpertBank {
   ExpertWeights Expert(int64_t e) const;
 };
 
+// (token, slot) pairs per expert of `expert` ids [T,K]: int64 [E] on their device, counted without
+// a host synchronisation (at::bincount reads the largest id on the host first).
+at::Tensor CountPerExpert(const at::Tensor& expert, int64_t num_experts);
+
 // down (silu(gate x) * (up x)) for x [n,H] -> [n,H], through ATen (the obviously correct form).
 at::Tensor ExpertSwiGlu(const ExpertWeights& w, const at::Tensor& x);
 

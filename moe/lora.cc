@@ -52,8 +52,7 @@ at::Tensor LoraSparseMoeForward(const at::Tensor& x, const at::Tensor& expert, c
   const at::Tensor flat = expert.reshape({-1}).to(at::kLong);
   // Pairs grouped by expert (a stable sort keeps each expert's tokens in order).
   const at::Tensor order = std::get<1>(flat.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-  const at::Tensor counts_dev = at::zeros({e_total}, flat.options()).scatter_add_(0, flat, at::ones_like(flat));
-  const at::Tensor counts = counts_dev.to(at::kCPU);  // the one host read
+  const at::Tensor counts = CountPerExpert(flat, e_total).to(at::kCPU);  // the one host read
   const int64_t* count = counts.data_ptr<int64_t>();
   const at::Tensor tokens = order.div(k, "floor");
   const at::Tensor w = weight.reshape({-1}).index_select(0, order).to(x.scalar_type());

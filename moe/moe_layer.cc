@@ -80,11 +80,6 @@ LoraAdapters MoeFeedForward::lora() const {
   return l;
 }
 
-at::Tensor CountPerExpert(const at::Tensor& expert, int64_t num_experts) {
-  const at::Tensor flat = expert.reshape({-1}).to(at::kLong);
-  return at::zeros({num_experts}, flat.options()).scatter_add_(0, flat, at::ones_like(flat));
-}
-
 ExpertBank MoeFeedForward::experts() const {
   ExpertBank s;
   s.frozen_gate = frozen_->gate_proj->weight();

@@ -88,9 +88,6 @@ struct RoutingStats {
   at::Tensor aux_loss;     // scalar (graph attached) when aux losses are enabled; else undefined
 };
 
-// (token, slot) pairs per expert of `expert` ids [T,K]: int64 [E] on their device, counted without
-// a host synchronisation (at::bincount reads the largest id on the host first).
-at::Tensor CountPerExpert(const at::Tensor& expert, int64_t num_experts);
 
 struct MoeLayerOptions {
   RoutingMode mode = RoutingMode::kRouted;
