@@ -13,6 +13,7 @@ TEST(TorchFeaturesTest, GuardsFollowTheHeaderVersion) {
   const int major = std::stoi(version.substr(0, version.find('.')));
   const int minor = std::stoi(version.substr(version.find('.') + 1));
   EXPECT_EQ(LLAMA_MOE_HAS_SDPA_GQA, major > 2 || (major == 2 && minor >= 5) ? 1 : 0) << version;
+  EXPECT_EQ(LLAMA_MOE_HAS_GROUPED_MM, major > 2 || (major == 2 && minor >= 9) ? 1 : 0) << version;
   EXPECT_TRUE(LLAMA_MOE_TORCH_AT_LEAST(1, 0));
   EXPECT_FALSE(LLAMA_MOE_TORCH_AT_LEAST(99, 0));
 }

@@ -13,6 +13,7 @@
 #include "moe/dispatch_plan.h"
 #include "moe/expert_gemm.h"
 #include "moe/expert_kernels.h"
+#include "moe/grouped_dispatch.h"
 
 namespace llama_moe {
 namespace {
@@ -430,6 +431,9 @@ at::Tensor AllExpertsOfStack(const at::Tensor& x, const at::Tensor& gate, const 
 
 at::Tensor SparseMoeForward(const at::Tensor& x, const at::Tensor& expert, const at::Tensor& weight,
                             const ExpertBank& bank) {
+  if (PlanDispatch(DispatchMode::kInference, x, expert).grouped) {
+    return GroupedMoeForward(x, expert, weight, bank, AtenGroupedGemm());
+  }
   // Autograd functions take defined tensors only: an absent learned stack becomes an empty one.
   auto or_empty = [&](const at::Tensor& t, const at::Tensor& like) {
     return t.defined() ? t : at::empty({0, like.size(1), like.size(2)}, like.options());

@@ -4,7 +4,15 @@
 #include <limits>
 #include <string>
 
+#include "model/torch_features.h"
 #include "moe/expert_kernels.h"
+
+#if defined(LLAMA_MOE_WITH_CUDA)
+#include <cuda_runtime_api.h>
+
+#include <mutex>
+#include <unordered_map>
+#endif
 
 namespace llama_moe {
 namespace {
@@ -69,9 +77,31 @@ SegmentPath DispatchPlan::PathFor(int64_t rows) const {
   return SegmentPath::kGemmRowMajor;
 }
 
+bool HasGroupedGemmKernel(const c10::Device& device) {
+#if defined(LLAMA_MOE_WITH_CUDA) && LLAMA_MOE_HAS_GROUPED_MM
+  if (!device.is_cuda()) return false;
+  static std::mutex mu;
+  static std::unordered_map<int, bool> known;
+  std::lock_guard<std::mutex> lock(mu);
+  const int index = device.has_index() ? device.index() : 0;
+  auto it = known.find(index);
+  if (it == known.end()) {
+    cudaDeviceProp prop;
+    const bool read = cudaGetDeviceProperties(&prop, index) == cudaSuccess;
+    it = known.emplace(index, read && (prop.major == 9 || prop.major == 10)).first;
+  }
+  return it->second;
+#else
+  (void)device;
+  return false;
+#endif
+}
+
 DispatchPlan PlanDispatch(DispatchMode mode, const at::Tensor& x, const at::Tensor& expert) {
   DispatchPlan p;
   p.mode = mode;
+  p.grouped = x.scalar_type() == at::kBFloat16 && !x.is_cpu() && HasGroupedGemmKernel(x.device());
+  if (p.grouped) return p;
   if (mode == DispatchMode::kTraining) return p;  // training: row-major GEMMs that keep g and u
   const at::ScalarType dtype = x.scalar_type();
   const bool kernel = x.is_cpu() && expert.is_cpu() && (dtype == at::kFloat || dtype == at::kBFloat16);

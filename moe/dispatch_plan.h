@@ -31,6 +31,12 @@ enum class SegmentPath {
 
 struct DispatchPlan {
   DispatchMode mode = DispatchMode::kInference;
+  // Rule "grouped": the whole layer in grouped GEMMs with no host synchronisation
+  // (moe/grouped_dispatch.h), on a device whose LibTorch runs bfloat16 grouped GEMMs in one
+  // kernel (LLAMA_MOE_HAS_GROUPED_MM, CUDA compute capability 9.x/10.x). Elsewhere LibTorch's
+  // grouped GEMM loops over the groups after reading their sizes on the host, once per product,
+  // so the segment loop (one read per layer) is faster. The fields below then do not apply.
+  bool grouped = false;
   // Rule "one token": a decode step's token runs its K experts through the kernel directly,
   // without the permutation, gather and scatter (a decode step's whole dispatch is a few hundred
   // microseconds, so those ATen calls would cost as much as the experts).
@@ -46,6 +52,9 @@ struct DispatchPlan {
 
 // The plan for hidden states x [T,H] routed by expert [T,K].
 DispatchPlan PlanDispatch(DispatchMode mode, const at::Tensor& x, const at::Tensor& expert);
+
+// Whether `device` runs LibTorch's bfloat16 grouped GEMM as one kernel.
+bool HasGroupedGemmKernel(const c10::Device& device);
 
 // Rule "upcast": whether the bfloat16 GEMM a b runs as a float32 GEMM rounded once, on CPUs
 // whose bfloat16 GEMMs are slow.

@@ -39,6 +39,11 @@ struct ExpertBank {
 // a host synchronisation (at::bincount reads the largest id on the host first).
 at::Tensor CountPerExpert(const at::Tensor& expert, int64_t num_experts);
 
+// The learned stack then the frozen one as one [Nl+Nf,a,b] tensor: a view when the two are
+// adjacent in one allocation (MoeFeedForward allocates them so), else a copy. `learned` may be
+// undefined (then: `frozen`). What a grouped GEMM over every expert of a layer reads.
+at::Tensor LearnedThenFrozen(const at::Tensor& learned, const at::Tensor& frozen);
+
 // down (silu(gate x) * (up x)) for x [n,H] -> [n,H], through ATen (the obviously correct form).
 at::Tensor ExpertSwiGlu(const ExpertWeights& w, const at::Tensor& x);
 

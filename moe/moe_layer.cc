@@ -31,6 +31,14 @@ ExpertProjection::ExpertProjection(int64_t n, int64_t a, int64_t b, const at::Te
   weight_ = register_parameter("weight", at::empty({n, a, b}, options));
 }
 
+ExpertProjection::ExpertProjection(at::Tensor weight) { weight_ = register_parameter("weight", std::move(weight)); }
+
+ExpertStack::ExpertStack(at::Tensor gate, at::Tensor up, at::Tensor down) {
+  gate_proj = register_module("gate_proj", std::make_shared<ExpertProjection>(std::move(gate)));
+  up_proj = register_module("up_proj", std::make_shared<ExpertProjection>(std::move(up)));
+  down_proj = register_module("down_proj", std::make_shared<ExpertProjection>(std::move(down)));
+}
+
 ExpertStack::ExpertStack(int64_t n, int64_t hidden, int64_t ie, const at::TensorOptions& options) {
   gate_proj = register_module("gate_proj", std::make_shared<ExpertProjection>(n, ie, hidden, options));
   up_proj = register_module("up_proj", std::make_shared<ExpertProjection>(n, ie, hidden, options));
@@ -51,14 +59,22 @@ LoraStack::LoraStack(int64_t n, int64_t rank, int64_t hidden, int64_t ie, const 
 MoeFeedForward::MoeFeedForward(int64_t hidden, const MoeConfig& moe, const MoeLayerOptions& options,
                                const at::TensorOptions& tensor_options)
     : moe_(moe), options_(options) {
-  const int64_t ie = moe.expert_intermediate_size;
+  const int64_t ie = moe.expert_intermediate_size, nf = moe.num_frozen_experts, nl = moe.num_learned_experts;
+  // Each projection's learned and frozen stacks are adjacent views of one allocation, learned
+  // first, so that a grouped GEMM reads all of a layer's experts as one [E,a,b] tensor without a
+  // copy (LearnedThenFrozen, moe/grouped_dispatch.h). Loading copies into them in place.
+  const at::Tensor gate = at::empty({nl + nf, ie, hidden}, tensor_options);
+  const at::Tensor up = at::empty({nl + nf, ie, hidden}, tensor_options);
+  const at::Tensor down = at::empty({nl + nf, hidden, ie}, tensor_options);
   frozen_ = register_module(kFrozenExperts,
-                            std::make_shared<ExpertStack>(moe.num_frozen_experts, hidden, ie, tensor_options));
+                            std::make_shared<ExpertStack>(gate.narrow(0, nl, nf), up.narrow(0, nl, nf),
+                                                          down.narrow(0, nl, nf)));
   // Frozen slices are exact pieces of the dense model: never trained.
   for (auto& p : frozen_->parameters()) p.set_requires_grad(false);
-  if (moe.num_learned_experts > 0) {
-    learned_ = register_module(kLearnedExperts,
-                               std::make_shared<ExpertStack>(moe.num_learned_experts, hidden, ie, tensor_options));
+  if (nl > 0) {
+    learned_ = register_module(kLearnedExperts, std::make_shared<ExpertStack>(gate.narrow(0, 0, nl),
+                                                                              up.narrow(0, 0, nl),
+                                                                              down.narrow(0, 0, nl)));
   }
   router_ = register_module("router", MakeRouter(hidden, moe, tensor_options));
   if (moe.lora_rank > 0) {

@@ -50,6 +50,8 @@ const char* RoutingModeName(RoutingMode mode);
 class ExpertProjection : public torch::nn::Module {
  public:
   ExpertProjection(int64_t n, int64_t a, int64_t b, const at::TensorOptions& options);
+  // Holds `weight` itself (a view into storage shared with another stack, say).
+  explicit ExpertProjection(at::Tensor weight);
   at::Tensor& weight() { return weight_; }
 
  private:
@@ -74,6 +76,7 @@ class LoraStack : public torch::nn::Module {
 class ExpertStack : public torch::nn::Module {
  public:
   ExpertStack(int64_t n, int64_t hidden, int64_t expert_intermediate, const at::TensorOptions& options);
+  ExpertStack(at::Tensor gate, at::Tensor up, at::Tensor down);
   std::shared_ptr<ExpertProjection> gate_proj, up_proj, down_proj;
 };
 
