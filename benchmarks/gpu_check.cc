@@ -1,8 +1,10 @@
 // The CUDA path checked against the CPU and measured against its dense baseline in the same run,
 // printed as one table (tools/gpu_check.sh runs it on a GPU machine):
-//   parity    the routed MoE layer on --device against the CPU: float32 forward and gradients
-//             (input, learned experts, router), bfloat16 forward; relative max errors; a small
+//   parity    the routed MoE layer on --device against the CPU: forward and gradients (input,
+//             learned experts, router), float32 and bfloat16; relative max errors; a small
 //             dense Llama (attention, left padding, KV-cache decode) against the CPU, float32
+//   sync      which dispatch the device's bfloat16 layer takes, and the host synchronisations of
+//             a routed bfloat16 forward and backward (CUDA's sync debug mode set to error)
 //   moe_ffn   the routed MoE layer (8 frozen + 8 learned experts of 1792, top-8, hidden 4096,
 //             bfloat16) against a dense SwiGLU of the same active width (14336): forward TFLOP/s
 //             over the active FLOPs at several token counts, and their ratio
@@ -26,11 +28,16 @@
 #include "absl/strings/str_split.h"
 #include "model/generate.h"
 #include "model/llama_model.h"
+#include "moe/dispatch_plan.h"
 #include "moe/moe_config.h"
 #include "moe/moe_layer.h"
 
+#if defined(LLAMA_MOE_WITH_CUDA)
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
 ABSL_FLAG(std::string, device, "cuda", "device checked against the CPU, e.g. cuda, cuda:1");
-ABSL_FLAG(std::string, sections, "parity,moe_ffn,decode", "comma-separated sections to run");
+ABSL_FLAG(std::string, sections, "parity,sync,moe_ffn,decode", "comma-separated sections to run");
 ABSL_FLAG(std::vector<std::string>, tokens, std::vector<std::string>({"512", "2048", "8192", "16384"}),
           "token counts of the moe_ffn section");
 ABSL_FLAG(int64_t, hidden, 4096, "hidden size of the moe_ffn and decode sections");
@@ -98,8 +105,8 @@ int Parity(const c10::Device device) {
     CopyState(cpu, dev);
     const at::Tensor x = at::randn({T, H}).to(dtype);
     const at::Tensor g = at::randn({T, H}).to(dtype);
-    at::Tensor xc = x.clone().requires_grad_(dtype == at::kFloat);
-    at::Tensor xd = x.to(device).requires_grad_(dtype == at::kFloat);
+    at::Tensor xc = x.clone().requires_grad_(true);
+    at::Tensor xd = x.to(device).requires_grad_(true);
     const at::Tensor yc = cpu.forward(xc), yd = dev.forward(xd);
     const std::string name = dtype == at::kFloat ? "float32" : "bfloat16";
     const at::Tensor ic = cpu.router().forward(x).expert, id = dev.router().forward(x.to(device)).expert;
@@ -111,7 +118,6 @@ int Parity(const c10::Device device) {
     Row("parity", name + " forward rel. max error", absl::StrFormat("%.2e", fwd), absl::StrFormat("<= %.0e", tol),
         fwd <= tol);
     failures += fwd > tol;
-    if (dtype != at::kFloat) continue;
     (yc * g).sum().backward();
     (yd * g.to(device)).sum().backward();
     double grad = RelErr(xd.grad(), xc.grad());
@@ -120,9 +126,11 @@ int Parity(const c10::Device device) {
       if (!p.value().requires_grad()) continue;
       grad = std::max(grad, RelErr(pd[p.key()].grad(), p.value().grad()));
     }
-    Row("parity", "float32 gradients (input, experts, router)", absl::StrFormat("%.2e", grad), "<= 1e-4",
-        grad <= 1e-4);
-    failures += grad > 1e-4;
+    // bfloat16 gradients pass through two roundings more than the forward (dz, then dg and du).
+    const double grad_tol = dtype == at::kFloat ? 1e-4 : 5e-2;
+    Row("parity", name + " gradients (input, experts, router)", absl::StrFormat("%.2e", grad),
+        absl::StrFormat("<= %.0e", grad_tol), grad <= grad_tol);
+    failures += grad > grad_tol;
   }
   return failures;
 }
@@ -168,6 +176,42 @@ double TimeIt(F&& f, int iters) {
   for (int i = 0; i < iters; ++i) out = f();
   Sync(out);
   return std::chrono::duration<double>(Clock::now() - t0).count() / iters;
+}
+
+// The dispatch a routed bfloat16 layer takes on `device`, and whether its forward and backward
+// synchronise with the host: with the grouped GEMM none may (a synchronising CUDA call throws in
+// sync debug mode); the segment loop reads the per-expert counts once per layer.
+int HostSyncs(const c10::Device device) {
+  MoeConfig moe;
+  moe.expert_intermediate_size = 256;
+  const int64_t H = 1024, T = 512;
+  const at::TensorOptions o = at::TensorOptions().dtype(at::kBFloat16).device(device);
+  at::manual_seed(5);
+  MoeFeedForward layer(H, moe, MoeLayerOptions(), o);
+  FillRandom(layer);
+  const at::Tensor x = at::randn({T, H}, o).requires_grad_(true), g = at::randn({T, H}, o);
+  const bool grouped = PlanDispatch(DispatchMode::kTraining, x, at::zeros({T, moe.top_k}, o.dtype(at::kLong))).grouped;
+  Row("sync", "bfloat16 dispatch", grouped ? "grouped GEMM" : "segment loop", device.is_cuda() ? "grouped GEMM" : "",
+      grouped || !device.is_cuda());
+  (layer.forward(x) * g).sum().backward();  // warm-up: allocator and kernel caches
+  std::string error;
+#if defined(LLAMA_MOE_WITH_CUDA)
+  if (device.is_cuda()) {
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+    try {
+      (layer.forward(x) * g).sum().backward();
+    } catch (const c10::Error& e) {
+      error = e.what_without_backtrace();
+    }
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  }
+#endif
+  layer.TakeRoutingStats();
+  if (!error.empty()) std::fprintf(stderr, "sync: %s\n", error.substr(0, error.find('\n')).c_str());
+  const bool checked = device.is_cuda();
+  Row("sync", "host syncs in a routed bf16 forward + backward", !checked ? "not checked" : error.empty() ? "0" : ">= 1",
+      grouped ? "0" : "", !checked || !grouped || error.empty());
+  return checked && grouped && !error.empty();
 }
 
 void MoeFfn(const c10::Device device) {
@@ -258,12 +302,14 @@ int main(int argc, char** argv) {
       if (s == "parity") {
         failures += llama_moe::Parity(*device);
         failures += llama_moe::ModelParity(*device);
+      } else if (s == "sync") {
+        failures += llama_moe::HostSyncs(*device);
       } else if (s == "moe_ffn") {
         llama_moe::MoeFfn(*device);
       } else if (s == "decode") {
         llama_moe::Decode(*device);
       } else {
-        std::fprintf(stderr, "gpu_check: unknown section '%s' (parity, moe_ffn, decode)\n", s.c_str());
+        std::fprintf(stderr, "gpu_check: unknown section '%s' (parity, sync, moe_ffn, decode)\n", s.c_str());
         return 2;
       }
     }

@@ -8,8 +8,10 @@
 // kernel or ATen GEMMs, and in which layout) is the plan's choice (moe/dispatch_plan.h). In
 // training it is one autograd node with a hand-written backward (first-order gradients for x,
 // the gate weights and every stack that requires grad; no double backward); the only host sync
-// is one copy of the per-expert counts. ReferenceMoeForward (moe/moe_reference.h) is the slow
-// form it is tested against.
+// is one copy of the per-expert counts. On a device whose LibTorch has a grouped GEMM kernel
+// (the plan's "grouped" rule) the whole layer runs as GroupedMoeForward instead
+// (moe/grouped_dispatch.h), with no host sync. ReferenceMoeForward (moe/moe_reference.h) is the
+// slow form it is tested against.
 //
 // Example:
 //   ExpertBank bank;

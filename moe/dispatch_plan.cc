@@ -78,12 +78,13 @@ SegmentPath DispatchPlan::PathFor(int64_t rows) const {
 }
 
 bool HasGroupedGemmKernel(const c10::Device& device) {
-#if defined(LLAMA_MOE_WITH_CUDA) && LLAMA_MOE_HAS_GROUPED_MM
-  if (!device.is_cuda()) return false;
+#if defined(LLAMA_MOE_WITH_CUDA)
+  if (!LLAMA_MOE_HAS_GROUPED_MM || !device.is_cuda()) return false;
   static std::mutex mu;
   static std::unordered_map<int, bool> known;
   std::lock_guard<std::mutex> lock(mu);
-  const int index = device.has_index() ? device.index() : 0;
+  int index = device.index();
+  if (!device.has_index() && cudaGetDevice(&index) != cudaSuccess) return false;
   auto it = known.find(index);
   if (it == known.end()) {
     cudaDeviceProp prop;

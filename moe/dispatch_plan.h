@@ -1,7 +1,7 @@
 // How the sparse dispatch (moe/dispatch.h) runs a forward: the execution choices, each a named
 // rule with its measured reason, in one place. The dispatch asks the plan and never decides on
-// its own; a new backend (a CUDA grouped GEMM, say) becomes one more SegmentPath and one more
-// rule here.
+// its own; a new per-expert backend becomes one more SegmentPath and one more rule here, a new
+// grouped GEMM one more GroupedGemm (moe/grouped_gemm.h) and its case in the grouped rule.
 //
 // Example:
 //   const at::Tensor x = at::randn({1, 16});

@@ -36,6 +36,16 @@ TEST(DispatchPlanTest, InferenceOnTheCpuTakesTheKernel) {
   EXPECT_EQ(f16.PathFor(1), SegmentPath::kGemmRowMajor);
 }
 
+TEST(DispatchPlanTest, GroupedRuleNeedsADeviceWithTheKernel) {
+  const at::Tensor ids = at::zeros({5, 2}, at::kLong);
+  for (const DispatchMode mode : {DispatchMode::kTraining, DispatchMode::kInference}) {
+    EXPECT_FALSE(PlanDispatch(mode, at::randn({5, 8}).to(at::kBFloat16), ids).grouped);
+    EXPECT_FALSE(PlanDispatch(mode, at::randn({5, 8}), ids).grouped);
+  }
+  EXPECT_FALSE(HasGroupedGemmKernel(c10::Device(c10::DeviceType::CPU)));
+  EXPECT_FALSE(HasGroupedGemmKernel(c10::Device(c10::DeviceType::Meta)));
+}
+
 TEST(DispatchPlanTest, RulesApplyInOrder) {
   DispatchPlan p;
   p.kernel_max_rows = 24;
