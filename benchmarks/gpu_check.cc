@@ -7,9 +7,11 @@
 //             a routed bfloat16 forward and backward (CUDA's sync debug mode set to error)
 //   moe_ffn   the routed MoE layer (8 frozen + 8 learned experts of 1792, top-8, hidden 4096,
 //             bfloat16) against a dense SwiGLU of the same active width (14336): forward TFLOP/s
-//             over the active FLOPs at several token counts, and their ratio
+//             over the active FLOPs at several token counts, and their ratio; with a grouped
+//             GEMM, the segment loop's time over the grouped dispatch's
 //   decode    greedy decode tokens/s of a random 8B-shaped model (32 layers unless
-//             --decode_layers), dense against the routed MoE of the same shape, batch 1
+//             --decode_layers), dense against the routed MoE of the same shape, batch 1 (and the
+//             routed model through the segment loop, with a grouped GEMM)
 // Each row says whether it meets its goal; the exit status is non-zero when a parity row fails.
 // On a CPU-only LibTorch, --device cpu runs the same code (slowly) for a smoke check.
 #include <ATen/ATen.h>
@@ -226,17 +228,25 @@ void MoeFfn(const c10::Device device) {
   FillRandom(dense);
   FillRandom(routed);
   c10::InferenceMode guard;
+  const bool grouped = HasGroupedGemmKernel(device);
   for (const std::string& s : absl::GetFlag(FLAGS_tokens)) {
     const int64_t T = std::stoll(s);
     const at::Tensor x = at::randn({T, H}, o);
     const double flops = 2.0 * 3.0 * static_cast<double>(T) * H * active;
     const double td = TimeIt([&] { return dense.forward(x); }, 10);
     const double tm = TimeIt([&] { return routed.forward(x); }, 10);
-    routed.TakeRoutingStats();
     Row("moe_ffn", absl::StrFormat("T=%d dense TFLOP/s", T), absl::StrFormat("%.1f", flops / td / 1e12), "", true);
     Row("moe_ffn", absl::StrFormat("T=%d routed TFLOP/s", T), absl::StrFormat("%.1f", flops / tm / 1e12), "", true);
     Row("moe_ffn", absl::StrFormat("T=%d routed / dense", T), absl::StrFormat("%.2f", td / tm), ">= 0.6",
         td / tm >= 0.6);
+    if (grouped) {  // the same layer through the segment loop: what the grouped rule gains
+      SetGroupedDispatchAllowed(false);
+      const double ts = TimeIt([&] { return routed.forward(x); }, 10);
+      SetGroupedDispatchAllowed(true);
+      Row("moe_ffn", absl::StrFormat("T=%d speed, segment loop / grouped GEMM", T), absl::StrFormat("%.2f", tm / ts), "",
+          true);
+    }
+    routed.TakeRoutingStats();
   }
 }
 
@@ -262,7 +272,7 @@ void Decode(const c10::Device device) {
   cfg.num_hidden_layers = absl::GetFlag(FLAGS_decode_layers);
   const at::TensorOptions o = at::TensorOptions().dtype(at::kBFloat16).device(device);
   at::manual_seed(3);
-  double dense_tps = 0, routed_tps = 0;
+  double dense_tps = 0, routed_tps = 0, segment_tps = 0;
   {
     LlamaForCausalLM dense(cfg, o);
     FillRandom(dense);
@@ -274,12 +284,21 @@ void Decode(const c10::Device device) {
     LlamaForCausalLM routed(cfg, o, MoeFeedForwardFactory(moe, MoeLayerOptions()));
     FillRandom(routed);
     routed_tps = DecodeTokensPerSecond(routed, cfg.vocab_size);
+    if (HasGroupedGemmKernel(device)) {
+      SetGroupedDispatchAllowed(false);
+      segment_tps = DecodeTokensPerSecond(routed, cfg.vocab_size);
+      SetGroupedDispatchAllowed(true);
+    }
   }
   const std::string shape = absl::StrFormat("%d layers", cfg.num_hidden_layers);
   Row("decode", "dense tokens/s, bf16, " + shape, absl::StrFormat("%.1f", dense_tps), "", dense_tps > 0);
   Row("decode", "routed MoE tokens/s, bf16, " + shape, absl::StrFormat("%.1f", routed_tps), "", routed_tps > 0);
   const double ratio = dense_tps > 0 ? routed_tps / dense_tps : 0;
   Row("decode", "routed / dense", absl::StrFormat("%.2f", ratio), ">= 0.8", ratio >= 0.8);
+  if (segment_tps > 0) {
+    Row("decode", "routed speed, segment loop / grouped GEMM", absl::StrFormat("%.2f", segment_tps / routed_tps), "",
+        true);
+  }
 }
 
 }  // namespace

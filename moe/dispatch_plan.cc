@@ -1,5 +1,6 @@
 #include "moe/dispatch_plan.h"
 
+#include <atomic>
 #include <fstream>
 #include <limits>
 #include <string>
@@ -48,6 +49,8 @@ const CpuBf16Units& Bf16Units() {
 }
 
 bool CpuHasFastBf16Gemm() { return Bf16Units().avx512_bf16 || Bf16Units().amx; }
+
+std::atomic<bool> grouped_allowed{true};
 
 }  // namespace
 
@@ -98,10 +101,12 @@ bool HasGroupedGemmKernel(const c10::Device& device) {
 #endif
 }
 
+void SetGroupedDispatchAllowed(bool allowed) { grouped_allowed = allowed; }
+
 DispatchPlan PlanDispatch(DispatchMode mode, const at::Tensor& x, const at::Tensor& expert) {
   DispatchPlan p;
   p.mode = mode;
-  p.grouped = x.scalar_type() == at::kBFloat16 && !x.is_cpu() && HasGroupedGemmKernel(x.device());
+  p.grouped = grouped_allowed && x.scalar_type() == at::kBFloat16 && !x.is_cpu() && HasGroupedGemmKernel(x.device());
   if (p.grouped) return p;
   if (mode == DispatchMode::kTraining) return p;  // training: row-major GEMMs that keep g and u
   const at::ScalarType dtype = x.scalar_type();

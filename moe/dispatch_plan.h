@@ -56,6 +56,10 @@ DispatchPlan PlanDispatch(DispatchMode mode, const at::Tensor& x, const at::Tens
 // Whether `device` runs LibTorch's bfloat16 grouped GEMM as one kernel.
 bool HasGroupedGemmKernel(const c10::Device& device);
 
+// Allows (default) or forbids the grouped rule for the whole process: how a benchmark prices
+// the grouped GEMM against the segment loop on one GPU.
+void SetGroupedDispatchAllowed(bool allowed);
+
 // Rule "upcast": whether the bfloat16 GEMM a b runs as a float32 GEMM rounded once, on CPUs
 // whose bfloat16 GEMMs are slow.
 bool UpcastGemm(const at::Tensor& a, const at::Tensor& b);
