@@ -23,7 +23,14 @@ at::Tensor LearnedThenFrozen(const at::Tensor& learned, const at::Tensor& frozen
                         learned.device() == frozen.device() && learned.sizes().slice(1) == frozen.sizes().slice(1) &&
                         learned.storage().is_alias_of(frozen.storage()) &&
                         frozen.storage_offset() == learned.storage_offset() + learned.numel();
-  if (!adjacent) return at::cat({learned, frozen});
+  if (!adjacent) {
+    if (!frozen.is_cpu()) {
+      TORCH_WARN_ONCE("a layer's learned and frozen experts are separate allocations on ", frozen.device(),
+                      ": every grouped forward and backward copies them (MoeFeedForward allocates them together; "
+                      "moving a built module with to() separates them, loading into it does not)");
+    }
+    return at::cat({learned, frozen});
+  }
   std::vector<int64_t> sizes = learned.sizes().vec();
   sizes[0] += frozen.size(0);
   return learned.as_strided(sizes, learned.strides(), learned.storage_offset());
