@@ -28,6 +28,20 @@ namespace {
 inline float Widen(float v) { return v; }
 inline float Widen(uint16_t bits) { return Bf16ToFloat(bits); }
 
+// How far ahead of its loads a bfloat16 weight stream is prefetched, in bytes: the hardware
+// prefetcher alone leaves a core's streams short of the read bandwidth (bfloat16 decode of the
+// peer benchmark's dense model on the AMD EPYC: 76 -> 81 tokens/s at one thread, 114 -> 122 at
+// two, with 4 or 8 KB ahead; 16 KB gains less at one thread). The float32 loop keeps to the
+// hardware prefetcher: the same prefetch cost it 4% at one thread.
+constexpr int64_t kPrefetchBytes = 8192;
+
+#ifdef LLAMA_MOE_DECODE_X86
+// Prefetching past a matrix's end is harmless: a prefetch never faults.
+inline void PrefetchAhead(const uint16_t* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
+}
+#endif
+
 // Weight rows handled together for M rows of x: R * M accumulators stay in registers, and R
 // weight streams are read at once.
 constexpr int RowsPerBlock(int m) { return m >= 8 ? 1 : 8 / m; }
@@ -141,6 +155,7 @@ LLAMA_MOE_DL_AVX512BF16 void DpBf16Block(const uint16_t* xb, const uint16_t* w, 
     for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_si512(xb + m * k + i);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
+      PrefetchAhead(wr[r] + i);
       const __m512i wv = _mm512_loadu_si512(wr[r] + i);
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], (__m512bh)wv, (__m512bh)xv[m]);
