@@ -10,6 +10,7 @@
 #include <set>
 #include <utility>
 
+#include "model/decode_attention.h"
 #include "model/decode_linear.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -106,6 +107,10 @@ at::Tensor LlamaAttention::forward(const at::Tensor& x, const AttentionContext& 
     return o_proj_->forward(out.transpose(1, 2).reshape({b, t, heads_ * head_dim_}));
   }
 #endif
+  // A decode step's few positions: one call instead of ATen's matmuls, softmax and copies.
+  if (CanDecodeAttention(q, k, v)) {
+    return o_proj_->forward(DecodeAttention(q, k, v, ctx.mask_bias, 1.0 / std::sqrt(static_cast<double>(head_dim_))));
+  }
   // Query head h = kv * group + g reads kv head h / group: group the query heads per kv head
   // instead of repeating K and V `group` times.
   const at::Tensor qg = q.reshape({b, kv_heads_, group * t, head_dim_});
