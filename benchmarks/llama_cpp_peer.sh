@@ -3,8 +3,11 @@
 # in the same run: prefill and decode tokens/s and ours / llama.cpp, dense and MoE, float32 and
 # bfloat16, 1 and 2 threads; each engine's 2-thread speed-up; decode's weight bytes per second
 # against the machine's read bandwidth (at::sum over 1 GiB, measured in the same run). Ours also
-# runs with its decode kernel switched off (LLAMA_MOE_DECODE_LINEAR=0: ATen's linear), the
-# baseline the kernel is measured against.
+# runs with its decode kernels switched off (LLAMA_MOE_DECODE_LINEAR=0: ATen's linear and
+# attention), the baseline the kernels are measured against. Both engines run the prompt and one
+# decode step once untimed first (--warmup, as llama.cpp's llama-bench warms up): the timings
+# are steady-state speed, not the first pass's one-time costs (oneDNN's kernel generation, ggml's
+# thread pool).
 #
 #   benchmarks/llama_cpp_peer.sh            # 3 interleaved repetitions, medians
 #   REPETITIONS=5 benchmarks/llama_cpp_peer.sh
@@ -51,14 +54,16 @@ new = 64
 def run(engine, model, dt, threads):
     env = dict(os.environ)
     if engine == "ours, ATen linear":
-        # The same binary with model/decode_linear.h switched off: the before of the decode kernel.
+        # The same binary with the decode kernels (model/decode_linear.h, model/decode_attention.h)
+        # switched off: the before of the kernels.
         env["LLAMA_MOE_DECODE_LINEAR"] = "0"
     if engine.startswith("ours"):
         cmd = [f"{bin}/eval/generate", "--model", f"{work}/{model}_{dt}", "--tokens", prompt,
-               "--max_new_tokens", str(new), "--threads", str(threads)]
+               "--max_new_tokens", str(new), "--threads", str(threads), "--warmup"]
     else:
         cmd = [f"{bin}/tools/llama_cpp/llama_cpp_generate", "--gguf", f"{work}/{model}_{dt}.gguf",
-               "--backend_dir", backends, "--tokens", prompt, "--max_new_tokens", str(new), "--threads", str(threads)]
+               "--backend_dir", backends, "--tokens", prompt, "--max_new_tokens", str(new), "--threads", str(threads),
+               "--warmup"]
     p = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     pre = re.search(r"prefill: (\d+) tokens in [\d.]+ s \(([\d.]+) tokens/s\)", p.stderr)
     dec = re.search(r"decode: (\d+) tokens in [\d.]+ s \(([\d.]+) tokens/s\)", p.stderr)
@@ -92,7 +97,7 @@ med = {c: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v
 rows = []
 print(f"read bandwidth (at::sum, 1 GiB): {bw[1]:.1f} GB/s at 1 thread, {bw[2]:.1f} GB/s at 2")
 print()
-print("| model | dtype | phase | threads | ours tok/s | llama.cpp tok/s | ours / llama.cpp | ours with ATen's linear / llama.cpp |")
+print("| model | dtype | phase | threads | ours tok/s | llama.cpp tok/s | ours / llama.cpp | ours without the decode kernels / llama.cpp |")
 print("|---|---|---|---:|---:|---:|---:|---:|")
 for m in ("dense", "moe"):
     for d in ("f32", "bf16"):

@@ -6,6 +6,7 @@
 //   bazel run //eval:generate -- --model MOE_DIR --tokens 128000,9906 --offload mmap --expert_cache 2
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -45,6 +46,10 @@ ABSL_FLAG(std::string, offload, "none",
           "MoE models, routed mode: none (all experts in memory), mmap (experts read from the safetensors "
           "files on demand) or ram (all experts in host memory, copied to the device on demand)");
 ABSL_FLAG(int64_t, expert_cache, 2, "with --offload: experts per layer cached on the device");
+ABSL_FLAG(bool, warmup, false,
+          "first run the prompt and one decode step untimed, so that the timings are steady-state speed (the "
+          "first pass pays one-time costs such as oneDNN's kernel generation); with --offload the cache "
+          "statistics include it");
 
 namespace llama_moe {
 namespace {
@@ -60,6 +65,7 @@ struct Options {
   std::string routing = "routed";
   std::optional<ExpertOffloadOptions> offload;  // unset: --offload none
   GenerateOptions generate;
+  bool warmup = false;
 };
 
 absl::StatusOr<Options> FlagsToOptions() {
@@ -92,6 +98,7 @@ absl::StatusOr<Options> FlagsToOptions() {
   o.generate.sampling.top_p = absl::GetFlag(FLAGS_top_p);
   o.generate.sampling.seed = absl::GetFlag(FLAGS_seed);
   o.generate.max_context = absl::GetFlag(FLAGS_max_context);
+  o.warmup = absl::GetFlag(FLAGS_warmup);
   return o;
 }
 
@@ -108,6 +115,7 @@ absl::Status Run(const Options& o) {
   mo.dtype = load.dtype;
   mo.device = load.device;
   mo.map_weights = true;  // inference: parameters stored in the compute dtype are mapped, not copied
+  mo.prefault_weights = true;  // read at load, so that the prefill's timing is the forward pass's
   ASSIGN_OR_RETURN(mo.moe.mode, ParseRoutingMode(o.routing), "--routing");
   std::shared_ptr<LlamaForCausalLM> model;
   std::shared_ptr<ExpertProvider> experts;  // set with --offload
@@ -144,6 +152,11 @@ absl::Status Run(const Options& o) {
   // A chat turn ends with <|eot_id|>, which base-model configs may not list.
   if (o.chat && tokenizer->eot_id()) gen.eos_token_ids.push_back(*tokenizer->eot_id());
 
+  if (o.warmup) {
+    GenerateOptions warm = gen;
+    warm.max_new_tokens = std::min<int64_t>(gen.max_new_tokens, 2);
+    RETURN_IF_ERROR(Generate(*model, {prompt}, warm).status(), "warm-up");
+  }
   ASSIGN_OR_RETURN(GenerateResult r, Generate(*model, {prompt}, gen));
   const std::vector<int64_t>& out = r.tokens[0];
   if (tokenizer != nullptr) {

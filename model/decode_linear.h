@@ -39,7 +39,8 @@ const char* DecodeLinearFormName(DecodeLinearForm form);
 bool DecodeLinearFormSupported(DecodeLinearForm form);
 
 // On by default; off (ATen's linear everywhere) for ablations and the tests that compare the two.
-// The environment variable LLAMA_MOE_DECODE_LINEAR=0 turns it off for a whole process.
+// The environment variable LLAMA_MOE_DECODE_LINEAR=0 turns it off for a whole process. The decode
+// attention (model/decode_attention.h) follows the same switch.
 void SetDecodeLinearEnabled(bool enabled);
 bool DecodeLinearEnabled();
 

@@ -1,6 +1,7 @@
 #include "model/file_util.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -70,6 +71,20 @@ absl::Status RemoveAll(const std::string& path) {
   std::filesystem::remove_all(path, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot remove '", path, "': ", ec.message()));
   return absl::OkStatus();
+}
+
+void PrefaultMemory(const void* data, size_t bytes) {
+  if (bytes == 0) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(data) + bytes;
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22  // Linux 5.14
+#endif
+  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ) == 0) return;
+  uint8_t sink = 0;
+  for (uintptr_t p = begin; p < end; p += page) sink ^= *reinterpret_cast<const volatile uint8_t*>(p);
+  (void)sink;
 }
 
 std::string JoinPath(absl::string_view a, absl::string_view b) {

@@ -6,6 +6,7 @@
 #ifndef LLAMA_MOE_MODEL_FILE_UTIL_H_
 #define LLAMA_MOE_MODEL_FILE_UTIL_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -30,6 +31,10 @@ bool PathExists(const std::string& path);
 bool IsDirectory(const std::string& path);
 // Removes a file or a directory tree; a missing path is not an error.
 absl::Status RemoveAll(const std::string& path);
+// Faults [data, data + bytes) into memory now (a mapped file's pages are read from the page cache
+// or disk): MADV_POPULATE_READ where the kernel has it, else a read of one byte per page. The
+// memory must be mapped and readable.
+void PrefaultMemory(const void* data, size_t bytes);
 // "a/b" + "c" -> "a/b/c".
 std::string JoinPath(absl::string_view a, absl::string_view b);
 // Resolves a path given on the command line: relative paths are taken from the directory the

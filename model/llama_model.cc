@@ -10,10 +10,11 @@
 #include <set>
 #include <utility>
 
-#include "model/decode_attention.h"
-#include "model/decode_linear.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "model/decode_attention.h"
+#include "model/decode_linear.h"
+#include "model/file_util.h"
 #include "model/safetensors.h"
 #include "model/status_macros.h"
 #include "model/torch_features.h"
@@ -423,6 +424,11 @@ absl::StatusOr<std::shared_ptr<LlamaForCausalLM>> LoadLlamaForCausalLM(
   if (cfg.tie_word_embeddings) ignored.push_back("lm_head.weight");
   ignored.insert(ignored.end(), options.served_elsewhere.begin(), options.served_elsewhere.end());
   RETURN_IF_ERROR(LoadParameters(*model, ckpt, ignored, options.release_pages, options.map_weights, options.remap));
+  if (options.prefault_weights) {
+    for (const at::Tensor& t : model->parameters()) {
+      if (t.is_cpu()) PrefaultMemory(t.data_ptr(), t.nbytes());
+    }
+  }
   return model;
 }
 

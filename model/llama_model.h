@@ -157,6 +157,10 @@ struct LlamaLoadOptions {
   // evictable page cache, so a model larger than RAM runs (at disk speed), and one that fits
   // loads at once.
   bool map_weights = false;
+  // Read every parameter into memory while loading (PrefaultMemory), so that a mapped model's
+  // page faults are paid here and not by the first forward pass: for tools that time their
+  // forward passes (llama.cpp populates its mappings the same way by default).
+  bool prefault_weights = false;
   // A checkpoint that stores some parameters under other names or split differently (a Mixtral
   // directory's per-expert matrices for an MoE layer's expert stacks): given a parameter's name,
   // `remap` returns its value, or nullopt to read the name from the checkpoint. Checkpoint tensors

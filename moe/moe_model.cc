@@ -75,6 +75,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& dir, const ModelLoadOpt
   lo.device = options.device;
   lo.map_weights = options.map_weights;
   lo.release_pages = options.release_pages;
+  lo.prefault_weights = options.prefault_weights;
   if (out.moe) lo.ffn = MoeFeedForwardFactory(*out.moe, options.moe);
   ASSIGN_OR_RETURN(out.model, LoadLlamaForCausalLM(*ckpt, out.config, lo));
   if (out.moe) {

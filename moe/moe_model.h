@@ -27,6 +27,7 @@ struct ModelLoadOptions {
   MoeLayerOptions moe;                      // routing mode and aux losses (MoE models only)
   bool map_weights = false;                 // inference: map, not copy (LlamaLoadOptions)
   bool release_pages = false;               // drop file pages once copied (LlamaLoadOptions)
+  bool prefault_weights = false;            // read the weights into memory at load (LlamaLoadOptions)
 };
 
 struct LoadedModel {

@@ -3,7 +3,8 @@
 // steps after it), printing the same "prefill:" and "decode:" lines. The peer half of
 // benchmarks/llama_cpp_peer.sh.
 //
-//   llama_cpp_generate --gguf model.gguf --backend_dir DIR --tokens 1,2,3 --max_new_tokens 64 --threads 2
+//   llama_cpp_generate --gguf model.gguf --backend_dir DIR --tokens 1,2,3 --max_new_tokens 64 --threads 2 [--warmup]
+#include <algorithm>
 #include <iostream>
 
 #include "absl/flags/flag.h"
@@ -23,6 +24,7 @@ ABSL_FLAG(std::string, tokens, "", "prompt token ids, e.g. 1,2,3");
 ABSL_FLAG(int, max_new_tokens, 64, "tokens to generate (EOS does not stop)");
 ABSL_FLAG(int, threads, 1, "threads");
 ABSL_FLAG(bool, f32_kv, false, "float32 KV cache instead of llama.cpp's default f16");
+ABSL_FLAG(bool, warmup, false, "first run the prompt and one decode step untimed, as //eval:generate --warmup does");
 
 namespace llama_moe {
 namespace {
@@ -44,6 +46,9 @@ absl::Status Run() {
   ASSIGN_OR_RETURN(std::unique_ptr<LlamaCppModel> m,
                    LlamaCppModel::Load(ResolveUserPath(absl::GetFlag(FLAGS_gguf)),
                                        ResolveUserPath(absl::GetFlag(FLAGS_backend_dir)), o));
+  if (absl::GetFlag(FLAGS_warmup)) {
+    RETURN_IF_ERROR(m->Greedy(prompt, std::min(absl::GetFlag(FLAGS_max_new_tokens), 2)).status(), "warm-up");
+  }
   ASSIGN_OR_RETURN(LlamaCppModel::Generated g, m->Greedy(prompt, absl::GetFlag(FLAGS_max_new_tokens)));
   std::cout << absl::StrJoin(g.tokens, ",") << std::endl;
   const int decoded = static_cast<int>(g.tokens.size()) - 1;
