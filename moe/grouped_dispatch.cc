@@ -118,10 +118,8 @@ class GroupedMoeFunction : public torch::autograd::Function<GroupedMoeFunction> 
     return f.out;
   }
 
-  // With a = silu(g)*u, z = a*w, y = z Wd^T:
-  //   dWd = dy^T z, dz = dy Wd, dw = sum(dz*a), da = dz*w,
-  //   du = da*silu(g), dg = da*u*sigmoid(g)*(1 + g*(1 - sigmoid(g))),
-  //   dWg = dg^T x, dWu = du^T x, dx = dg Wg + du Wu (then summed back to tokens).
+  // SparseMoeForward's gradients (moe/dispatch.cc writes them out), each product one grouped
+  // GEMM over all experts: dz and dx row-grouped, the stacks' gradients contraction-grouped.
   // Rows past the last group are unspecified (never written by the GEMMs) and never read.
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
