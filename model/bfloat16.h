@@ -19,6 +19,10 @@ inline float Bf16ToFloat(uint16_t bits) {
   return f;
 }
 
+// An element of a float32 or bfloat16 tensor as float32, for kernels written once for both.
+inline float AsFloat(float v) { return v; }
+inline float AsFloat(uint16_t bits) { return Bf16ToFloat(bits); }
+
 // Round to nearest even, as ATen's float32 -> bfloat16 conversion; NaN stays NaN.
 inline uint16_t RoundToBf16(float f) {
   uint32_t u;

@@ -11,21 +11,10 @@
 
 #include "model/bfloat16.h"
 #include "model/decode_linear.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define LLAMA_MOE_DECODE_ATTENTION_X86 1
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#endif
+#include "model/x86_intrinsics.h"
 
 namespace llama_moe {
 namespace {
-
-inline float Widen(float v) { return v; }
-inline float Widen(uint16_t bits) { return Bf16ToFloat(bits); }
 
 // One query row's attention over S cached rows: scores into `p` (S floats), then the float32
 // output row `o` (D floats). Keys/values row j at k + j * ld.
@@ -35,7 +24,7 @@ void PortableRow(const float* q, const E* k, const E* v, int64_t ld, int64_t s, 
   float top = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < s; ++j) {
     float acc = 0;
-    for (int64_t i = 0; i < d; ++i) acc += q[i] * Widen(k[j * ld + i]);
+    for (int64_t i = 0; i < d; ++i) acc += q[i] * AsFloat(k[j * ld + i]);
     p[j] = acc * scale + bias[j];
     top = std::max(top, p[j]);
   }
@@ -47,12 +36,12 @@ void PortableRow(const float* q, const E* k, const E* v, int64_t ld, int64_t s, 
   std::fill(o, o + d, 0.0f);
   for (int64_t j = 0; j < s; ++j) {
     if (p[j] == 0) continue;
-    for (int64_t i = 0; i < d; ++i) o[i] += p[j] * Widen(v[j * ld + i]);
+    for (int64_t i = 0; i < d; ++i) o[i] += p[j] * AsFloat(v[j * ld + i]);
   }
   for (int64_t i = 0; i < d; ++i) o[i] /= sum;
 }
 
-#ifdef LLAMA_MOE_DECODE_ATTENTION_X86
+#ifdef LLAMA_MOE_X86_INTRINSICS
 #define LLAMA_MOE_DA_AVX512 __attribute__((target("avx2,fma,avx512f")))
 
 LLAMA_MOE_DA_AVX512 inline __m512 Load16(const float* p) { return _mm512_loadu_ps(p); }
@@ -97,7 +86,7 @@ using RowFn = void (*)(const float*, const E*, const E*, int64_t, int64_t, int64
 
 template <typename E>
 RowFn<E> PickRow(DecodeAttentionForm form) {
-#ifdef LLAMA_MOE_DECODE_ATTENTION_X86
+#ifdef LLAMA_MOE_X86_INTRINSICS
   if (form == DecodeAttentionForm::kAvx512) return &Avx512Row<E>;
 #endif
   (void)form;
@@ -150,7 +139,7 @@ const char* DecodeAttentionFormName(DecodeAttentionForm form) {
 bool DecodeAttentionFormSupported(DecodeAttentionForm form) {
   switch (form) {
     case DecodeAttentionForm::kPortable: return true;
-#ifdef LLAMA_MOE_DECODE_ATTENTION_X86
+#ifdef LLAMA_MOE_X86_INTRINSICS
     case DecodeAttentionForm::kAvx512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2");
 #endif
     default: return false;

@@ -12,21 +12,10 @@
 #include <vector>
 
 #include "model/bfloat16.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define LLAMA_MOE_DECODE_X86 1
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#endif
+#include "model/x86_intrinsics.h"
 
 namespace llama_moe {
 namespace {
-
-inline float Widen(float v) { return v; }
-inline float Widen(uint16_t bits) { return Bf16ToFloat(bits); }
 
 // How far ahead of its loads a bfloat16 weight stream is prefetched, in bytes: the hardware
 // prefetcher alone leaves a core's streams short of the read bandwidth (bfloat16 decode of the
@@ -35,7 +24,7 @@ inline float Widen(uint16_t bits) { return Bf16ToFloat(bits); }
 // hardware prefetcher: the same prefetch cost it 4% at one thread.
 constexpr int64_t kPrefetchBytes = 8192;
 
-#ifdef LLAMA_MOE_DECODE_X86
+#ifdef LLAMA_MOE_X86_INTRINSICS
 // Prefetching past a matrix's end is harmless: a prefetch never faults.
 inline void PrefetchAhead(const uint16_t* p) {
   _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
@@ -63,13 +52,13 @@ void PortableRows(const float* xf, int m_rows, const W* w, int64_t k, int64_t n0
     for (int m = 0; m < m_rows; ++m) {
       const float* x = xf + m * k;
       float acc = 0;
-      for (int64_t i = 0; i < k; ++i) acc += Widen(row[i]) * x[i];
+      for (int64_t i = 0; i < k; ++i) acc += AsFloat(row[i]) * x[i];
       out[m * ldo + n] = acc;
     }
   }
 }
 
-#ifdef LLAMA_MOE_DECODE_X86
+#ifdef LLAMA_MOE_X86_INTRINSICS
 #define LLAMA_MOE_DL_AVX2 __attribute__((target("avx2,fma")))
 #define LLAMA_MOE_DL_AVX512 __attribute__((target("avx2,fma,avx512f")))
 
@@ -243,7 +232,7 @@ LLAMA_MOE_DL_AVX2 void Avx2Block(const float* xf, const W* w, int64_t k, int64_t
     #pragma GCC unroll 8
     for (int m = 0; m < M; ++m) {
       float s = Sum8(acc[r][m]);
-      for (int64_t i = k8; i < k; ++i) s += Widen(w[(n + r) * k + i]) * xf[m * k + i];
+      for (int64_t i = k8; i < k; ++i) s += AsFloat(w[(n + r) * k + i]) * xf[m * k + i];
       out[m * ldo + n + r] = s;
     }
   }
@@ -256,7 +245,7 @@ LLAMA_MOE_DL_AVX2 void Avx2Rows(const float* xf, const W* w, int64_t k, int64_t 
     Avx2Block<M, W>(xf, w, k, n, static_cast<int>(std::min<int64_t>(R, n1 - n)), out, ldo);
   }
 }
-#endif  // LLAMA_MOE_DECODE_X86
+#endif  // LLAMA_MOE_X86_INTRINSICS
 
 using RowsFn = void (*)(const float*, const void*, int64_t, int64_t, int64_t, float*, int64_t);
 
@@ -264,7 +253,7 @@ template <int M, typename W>
 void PortableAdapter(const float* xf, const void* w, int64_t k, int64_t n0, int64_t n1, float* out, int64_t ldo) {
   PortableRows<W>(xf, M, static_cast<const W*>(w), k, n0, n1, out, ldo);
 }
-#ifdef LLAMA_MOE_DECODE_X86
+#ifdef LLAMA_MOE_X86_INTRINSICS
 template <int M, typename W>
 void Avx512Adapter(const float* xf, const void* w, int64_t k, int64_t n0, int64_t n1, float* out, int64_t ldo) {
   Avx512Rows<M, W>(xf, static_cast<const W*>(w), k, n0, n1, out, ldo);
@@ -290,7 +279,7 @@ RowsFn PickRows(DecodeLinearForm form, int m) {
     default: return &ADAPTER<8, W>;                 \
   }
   switch (form) {
-#ifdef LLAMA_MOE_DECODE_X86
+#ifdef LLAMA_MOE_X86_INTRINSICS
     case DecodeLinearForm::kAvx512:
     case DecodeLinearForm::kAvx512Bf16: LLAMA_MOE_DL_CASES(Avx512Adapter)
     case DecodeLinearForm::kAvx2: LLAMA_MOE_DL_CASES(Avx2Adapter)
@@ -323,7 +312,7 @@ const char* DecodeLinearFormName(DecodeLinearForm form) {
 bool DecodeLinearFormSupported(DecodeLinearForm form) {
   switch (form) {
     case DecodeLinearForm::kPortable: return true;
-#ifdef LLAMA_MOE_DECODE_X86
+#ifdef LLAMA_MOE_X86_INTRINSICS
     case DecodeLinearForm::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case DecodeLinearForm::kAvx512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2");
     case DecodeLinearForm::kAvx512Bf16:
@@ -368,7 +357,7 @@ at::Tensor DecodeLinearWith(DecodeLinearForm form, const at::Tensor& x, const at
   const int64_t grain = std::max<int64_t>(8, 65536 / std::max<int64_t>(1, k));
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = n;
-#ifdef LLAMA_MOE_DECODE_X86
+#ifdef LLAMA_MOE_X86_INTRINSICS
   if (bf16 && form == DecodeLinearForm::kAvx512Bf16) {
     const at::Tensor xb = x.reshape({m, k}).contiguous();
     const uint16_t* xp = reinterpret_cast<const uint16_t*>(xb.data_ptr());

@@ -33,9 +33,6 @@
 namespace llama_moe {
 namespace kernel_internal {
 
-inline float ToFloat(float v) { return v; }
-inline float ToFloat(uint16_t bits) { return Bf16ToFloat(bits); }
-
 inline void StoreAs(float v, float* dst) { *dst = v; }
 inline void StoreAs(float v, uint16_t* dst) { *dst = RoundToBf16(v); }
 

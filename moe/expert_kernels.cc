@@ -53,7 +53,7 @@ void SwiGluBf16(const uint16_t* gate, const uint16_t* up, const uint16_t* down, 
     float* xf = scratch + DotScratchFloats(H, Ie, n);
     std::vector<const float*> rows(static_cast<size_t>(n));
     for (int64_t t = 0; t < n; ++t) {
-      for (int64_t i = 0; i < H; ++i) xf[t * H + i] = ToFloat(x_rows[t][i]);
+      for (int64_t i = 0; i < H; ++i) xf[t * H + i] = AsFloat(x_rows[t][i]);
       rows[t] = xf + t * H;
     }
     SwiGluTokens(gate, up, down, H, Ie, n, rows.data(), w, scratch, y_rows, isa);

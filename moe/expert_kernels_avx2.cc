@@ -64,7 +64,7 @@ LLAMA_MOE_AVX2 void DotTileAvx2(const W* const* rows, const float* const* v, int
 #pragma GCC unroll 8
       for (int u = 1; u < U; ++u) a = _mm256_add_ps(a, acc[u][r][t]);
       float s = HorizontalSum(a);
-      for (int64_t j = i; j < len; ++j) s += ToFloat(rows[r][j]) * v[t][j];
+      for (int64_t j = i; j < len; ++j) s += AsFloat(rows[r][j]) * v[t][j];
       out[r * NT + t] = s;
     }
   }

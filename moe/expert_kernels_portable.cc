@@ -12,9 +12,9 @@ void DotTilePortable(const W* const* rows, const float* const* v, int64_t len, f
       float s[4] = {0, 0, 0, 0};
       int64_t i = 0;
       for (; i + 4 <= len; i += 4) {
-        for (int k = 0; k < 4; ++k) s[k] += ToFloat(rows[r][i + k]) * v[t][i + k];
+        for (int k = 0; k < 4; ++k) s[k] += AsFloat(rows[r][i + k]) * v[t][i + k];
       }
-      for (; i < len; ++i) s[0] += ToFloat(rows[r][i]) * v[t][i];
+      for (; i < len; ++i) s[0] += AsFloat(rows[r][i]) * v[t][i];
       out[r * NT + t] = (s[0] + s[1]) + (s[2] + s[3]);
     }
   }

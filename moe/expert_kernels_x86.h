@@ -32,16 +32,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "model/x86_intrinsics.h"
 #include "moe/expert_kernel_forms.h"
-
-// GCC 12's AVX-512 intrinsics initialise their "undefined" operands from themselves, which
-// -Wuninitialized and -Wmaybe-uninitialized report (at the header's lines) wherever they are
-// inlined.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
 
 #define LLAMA_MOE_AVX2 __attribute__((target("avx2,fma")))
 #define LLAMA_MOE_AVX512 __attribute__((target("avx2,fma,avx512f")))
