@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "model/decode_attention.h"
 #include "model/decode_linear.h"
+#include "model/decode_norm.h"
 #include "model/file_util.h"
 #include "model/safetensors.h"
 #include "model/status_macros.h"
@@ -59,6 +60,7 @@ RmsNorm::RmsNorm(int64_t hidden, double eps, const at::TensorOptions& options) :
 }
 
 at::Tensor RmsNorm::forward(const at::Tensor& x) {
+  if (CanDecodeRmsNorm(x, weight_)) return DecodeRmsNorm(x, weight_, eps_);
   const at::Tensor xf = x.to(at::kFloat);
   const at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps_);
   return weight_ * normed.to(x.scalar_type());
