@@ -32,6 +32,10 @@ inline uint16_t RoundToBf16(float f) {
   return static_cast<uint16_t>(u >> 16);
 }
 
+// A float32 value stored as an element of a float32 or bfloat16 tensor (bfloat16: rounded).
+inline void StoreAs(float v, float* dst) { *dst = v; }
+inline void StoreAs(float v, uint16_t* dst) { *dst = RoundToBf16(v); }
+
 }  // namespace llama_moe
 
 #endif  // LLAMA_MOE_MODEL_BFLOAT16_H_

@@ -12,9 +12,6 @@
 namespace llama_moe {
 namespace {
 
-inline void Store(float v, float* dst) { *dst = v; }
-inline void Store(float v, uint16_t* dst) { *dst = RoundToBf16(v); }
-
 // One row: normed values rounded to E as the ATen form's normed.to(dtype), then times the
 // weight and rounded again, as its weight * normed in dtype.
 template <typename E>
@@ -24,15 +21,14 @@ void NormRow(const E* x, const E* w, int64_t h, float eps, E* y) {
   const float r = 1.0f / std::sqrt(sum / static_cast<float>(h) + eps);
   for (int64_t i = 0; i < h; ++i) {
     E normed;
-    Store(AsFloat(x[i]) * r, &normed);
-    Store(AsFloat(w[i]) * AsFloat(normed), y + i);
+    StoreAs(AsFloat(x[i]) * r, &normed);
+    StoreAs(AsFloat(w[i]) * AsFloat(normed), y + i);
   }
 }
 
-}  // namespace
-
-bool CanDecodeRmsNorm(const at::Tensor& x, const at::Tensor& w) {
-  if (!DecodeLinearEnabled() || !x.defined() || !w.defined() || !x.is_cpu() || !w.is_cpu()) return false;
+// The operands DecodeRmsNorm takes, whether or not the decode kernels are on.
+bool Takes(const at::Tensor& x, const at::Tensor& w) {
+  if (!x.defined() || !w.defined() || !x.is_cpu() || !w.is_cpu()) return false;
   if (x.dim() < 1 || w.dim() != 1 || x.size(-1) != w.size(0) || !w.is_contiguous()) return false;
   if (x.scalar_type() != w.scalar_type() || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16)) {
     return false;
@@ -42,9 +38,13 @@ bool CanDecodeRmsNorm(const at::Tensor& x, const at::Tensor& w) {
   return rows >= 1 && rows <= kDecodeLinearMaxRows;
 }
 
+}  // namespace
+
+bool CanDecodeRmsNorm(const at::Tensor& x, const at::Tensor& w) { return DecodeLinearEnabled() && Takes(x, w); }
+
 at::Tensor DecodeRmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
-  TORCH_CHECK(CanDecodeRmsNorm(x, w) || !DecodeLinearEnabled(), "DecodeRmsNorm: unsupported operands x ", x.sizes(),
-              " w ", w.sizes());
+  TORCH_CHECK(Takes(x, w), "DecodeRmsNorm: unsupported operands x ", x.toString(), x.sizes(), " w ", w.toString(),
+              w.sizes());
   const at::Tensor xc = x.contiguous();
   at::Tensor y = at::empty_like(xc);
   const int64_t h = x.size(-1), rows = x.numel() / h;

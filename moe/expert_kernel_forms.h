@@ -33,9 +33,6 @@
 namespace llama_moe {
 namespace kernel_internal {
 
-inline void StoreAs(float v, float* dst) { *dst = v; }
-inline void StoreAs(float v, uint16_t* dst) { *dst = RoundToBf16(v); }
-
 inline int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // Rows per parallel chunk: at least ~32K weights, so that a chunk's reads dwarf the cost of
