@@ -3,7 +3,9 @@
 // property recipe.proto promises.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "convert/learned_init.h"
 #include "convert/partition.h"
@@ -96,6 +98,31 @@ TEST(LearnedInitTest, NoisySliceCopiesAndPerturbs) {
   const double noise_std = (noisy - exact).std().item<double>();
   EXPECT_NEAR(noise_std, 0.5, 0.1);  // 96 draws: within 0.1 of the asked std
   EXPECT_TRUE(at::equal(noisy, NoisySliceInit(frozen, 3, 0.5, 0, 0, StreamPurpose::kNoiseGate)));
+}
+
+// NoisySliceInitInto against the obvious composition: copy the slices, add per-chunk draws of
+// ATen's own normal_, round once. A small stack fits one chunk of 2^20; stacks of 3 and 12 copies
+// of 5 slices of 7 x 60000 span 2 and 5 chunks, with a slice period that does not divide them.
+TEST(LearnedInitTest, NoisySliceIntoEqualsTheComposition) {
+  at::manual_seed(4);
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{5, 7, 600}, {5, 7, 60000}}) {
+    const at::Tensor frozen = at::randn(shape);
+    for (int64_t learned : {3, 12}) {
+      const at::Tensor copies = frozen.index_select(0, at::arange(learned, at::kLong).remainder(shape[0])).contiguous();
+      at::Tensor reference = copies.clone().view({-1});
+      const int64_t chunk = int64_t{1} << 20, n = reference.numel();
+      for (int64_t c = 0; c * chunk < n; ++c) {
+        at::Tensor part = reference.narrow(0, c * chunk, std::min(chunk, n - c * chunk));
+        part.add_(at::empty_like(part).normal_(0.0, 0.03, ConversionStream(9, 2, StreamPurpose::kNoiseUp, c)));
+      }
+      reference = reference.view(copies.sizes());
+      for (at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+        at::Tensor out = at::empty(copies.sizes(), type);
+        NoisySliceInitInto(frozen, 0.03, 9, 2, StreamPurpose::kNoiseUp, out);
+        EXPECT_TRUE(at::equal(out, reference.to(type))) << learned << " " << type;
+      }
+    }
+  }
 }
 
 TEST(LearnedInitTest, DropUpcyclingRedrawsTheAskedFraction) {

@@ -3,13 +3,19 @@
 #include <ATen/ATen.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -73,6 +79,128 @@ class SourceHashes {
   std::future<absl::StatusOr<std::vector<std::string>>> future_;
 };
 
+// One reused allocation for tensors of a recurring size. A fresh tensor of hundreds of MB is
+// mapped anew by the allocator each time, and page-faulting it in cost the conversion more than
+// the arithmetic on it. A tensor from Like() or Contiguous() is valid until the next call.
+class Scratch {
+ public:
+  // A tensor with `like`'s sizes and, when `like` is dense, its strides (what `like.to(type)`
+  // allocates); otherwise contiguous.
+  at::Tensor Like(const at::Tensor& like, at::ScalarType type) {
+    if (!like.is_non_overlapping_and_dense()) return Contiguous(like.sizes(), type);
+    return At(like.sizes(), like.strides(), type);
+  }
+  at::Tensor Contiguous(at::IntArrayRef sizes, at::ScalarType type) {
+    std::vector<int64_t> strides(sizes.size());
+    int64_t s = 1;
+    for (size_t d = sizes.size(); d-- > 0;) {
+      strides[d] = s;
+      s *= std::max<int64_t>(sizes[d], 1);
+    }
+    return At(sizes, strides, type);
+  }
+
+ private:
+  // Dense strides only: the tensor covers exactly numel elements from the buffer's start.
+  at::Tensor At(at::IntArrayRef sizes, at::IntArrayRef strides, at::ScalarType type) {
+    int64_t numel = 1;
+    for (int64_t n : sizes) numel *= n;
+    const int64_t bytes = std::max<int64_t>(numel, 1) * static_cast<int64_t>(c10::elementSize(type));
+    if (!bytes_.defined() || bytes_.numel() < bytes) {
+      bytes_ = at::Tensor();  // the old buffer goes before the larger one is allocated
+      bytes_ = at::empty({bytes}, at::kByte);
+    }
+    return at::from_blob(bytes_.data_ptr(), sizes, strides, at::TensorOptions().dtype(type));
+  }
+
+  at::Tensor bytes_;
+};
+
+// Tasks (writes, releases of source pages) run in order on a thread of their own, so that the
+// disk takes the output while the next tensors are computed: a conversion writes far more than it
+// computes. Enqueue returns a ticket; Wait(ticket) returns once that task and every earlier one
+// are done, with the first error of any task so far (the tasks after a failure are skipped).
+// WaitBelow(bytes) bounds the memory that queued tasks hold. Destroying the queue skips what has
+// not started and joins the thread.
+class TaskQueue {
+ public:
+  using Task = std::function<absl::Status()>;
+  TaskQueue() : thread_([this] { Run(); }) {}
+  TaskQueue(const TaskQueue&) = delete;
+  TaskQueue& operator=(const TaskQueue&) = delete;
+  ~TaskQueue() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    work_.notify_all();
+    thread_.join();
+  }
+
+  // `bytes`: the memory the task holds until it is done.
+  uint64_t Enqueue(Task task, uint64_t bytes = 0) {
+    std::lock_guard<std::mutex> l(mu_);
+    tasks_.push_back({std::move(task), bytes});
+    queued_bytes_ += bytes;
+    work_.notify_all();
+    return ++enqueued_;
+  }
+  absl::Status Wait(uint64_t ticket) {
+    std::unique_lock<std::mutex> l(mu_);
+    done_cv_.wait(l, [&] { return done_ >= ticket || !status_.ok(); });
+    return status_;
+  }
+  absl::Status WaitAll() {
+    std::unique_lock<std::mutex> l(mu_);
+    done_cv_.wait(l, [&] { return done_ >= enqueued_ || !status_.ok(); });
+    return status_;
+  }
+  absl::Status WaitBelow(uint64_t bytes) {
+    std::unique_lock<std::mutex> l(mu_);
+    done_cv_.wait(l, [&] { return queued_bytes_ <= bytes || !status_.ok(); });
+    return status_;
+  }
+
+ private:
+  struct Item {
+    Task task;
+    uint64_t bytes;
+  };
+  void Run() {
+    std::unique_lock<std::mutex> l(mu_);
+    for (;;) {
+      work_.wait(l, [&] { return stop_ || !tasks_.empty(); });
+      if (stop_) return;
+      Item item = std::move(tasks_.front());
+      tasks_.pop_front();
+      const bool skip = !status_.ok();
+      l.unlock();
+      absl::Status s;
+      if (!skip) {
+        try {
+          s = item.task();
+        } catch (const std::exception& e) {
+          s = absl::InternalError(e.what());
+        }
+      }
+      item.task = nullptr;  // its tensors are freed before the task counts as done
+      l.lock();
+      if (status_.ok()) status_ = s;
+      queued_bytes_ -= item.bytes;
+      ++done_;
+      done_cv_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable work_, done_cv_;
+  std::deque<Item> tasks_;
+  uint64_t enqueued_ = 0, done_ = 0, queued_bytes_ = 0;
+  absl::Status status_;
+  bool stop_ = false;
+  std::thread thread_;  // last: starts once the members it uses exist
+};
+
 // One conversion in progress: the source, the resolved recipe and the output writer, with the
 // byte counts of what went through.
 class Conversion {
@@ -88,16 +216,19 @@ class Conversion {
         stats_(stats),
         activations_(activations) {}
 
-  // A tensor that the conversion keeps as it is (embeddings, attention, norms, head).
+  // A tensor that the conversion keeps as it is (embeddings, attention, norms, head); written
+  // before it returns.
   absl::Status Copy(const std::string& name) {
     ASSIGN_OR_RETURN(at::Tensor t, Read(name));
-    RETURN_IF_ERROR(Write(name, t));
+    ASSIGN_OR_RETURN(const uint64_t ticket, Write(name, t));
+    RETURN_IF_ERROR(queue_.Wait(ticket));
     in_.Release(name);
     return absl::OkStatus();
   }
 
   // Layer `layer`'s dense FFN into the MoE block, as the recipe says: partition the neurons into
-  // the frozen slices, initialise the learned experts from them, initialise the router.
+  // the frozen slices, initialise the learned experts from them, initialise the router. Returns
+  // with writes still queued; Finish() waits for them.
   absl::Status ConvertFfn(int64_t layer, int64_t hidden) {
     DenseFfnWeights dense;
     at::Tensor* parts[3] = {&dense.gate, &dense.up, &dense.down};
@@ -109,11 +240,15 @@ class Conversion {
                          activations_.empty() ? at::Tensor() : activations_.at(static_cast<size_t>(layer)));
     const at::Tensor stacks[3] = {frozen.gate, frozen.up, frozen.down};
     for (int k = 0; k < 3; ++k) {
-      RETURN_IF_ERROR(Write(ExpertTensorName(layer, kFrozenExperts, kFfnProjections[k]), stacks[k]));
-    }
-    for (int k = 0; k < 3 && moe_.num_learned_experts > 0; ++k) {
-      const at::Tensor learned = InitLearnedExperts(stacks[k].to(at::kFloat), moe_.num_learned_experts, recipe_, k, layer);
-      RETURN_IF_ERROR(Write(ExpertTensorName(layer, kLearnedExperts, kFfnProjections[k]), learned));
+      // The learned stack first: it reads the source pages that the frozen stack's write (often
+      // straight from them) is the last to read before they are released.
+      if (moe_.num_learned_experts > 0) RETURN_IF_ERROR(WriteLearned(layer, k, stacks[k]));
+      RETURN_IF_ERROR(WriteFrozen(layer, k, stacks[k]));
+      const std::string source = DenseFfnName(layer, kFfnProjections[k]);
+      queue_.Enqueue([this, source]() {
+        in_.Release(source);
+        return absl::OkStatus();
+      });
     }
     const RouterInitWeights router = InitRouter(recipe_, moe_, hidden, layer);
     RETURN_IF_ERROR(Write(RouterWeightName(layer), router.weight));
@@ -129,20 +264,70 @@ class Conversion {
         RETURN_IF_ERROR(Write(LoraTensorName(layer, kFfnProjections[k], "lora_B"), at::zeros({nf, out, r}, at::kFloat)));
       }
     }
-    for (const char* proj : kFfnProjections) in_.Release(DenseFfnName(layer, proj));
     return absl::OkStatus();
   }
 
+  // Waits for every queued write; the first error of any.
+  absl::Status Finish() { return queue_.WaitAll(); }
+
  private:
+  // Memory that queued writes may hold beyond the reused buffers: about two expert stacks of
+  // Llama 3 8B, enough to keep the disk busy while the next stack is computed.
+  static constexpr uint64_t kMaxQueuedBytes = uint64_t{256} << 20;
+
   absl::StatusOr<at::Tensor> Read(const std::string& name) {
     ASSIGN_OR_RETURN(at::Tensor t, in_.Get(name));
     stats_.bytes_read += static_cast<uint64_t>(t.numel()) * t.element_size();
     return t;
   }
-  absl::Status Write(const std::string& name, const at::Tensor& t, std::optional<at::ScalarType> type = {}) {
-    const at::Tensor stored = t.to(type.value_or(out_type_));
-    RETURN_IF_ERROR(out_.Write(name, stored));
-    stats_.bytes_written += static_cast<uint64_t>(stored.numel()) * stored.element_size();
+
+  // Queues the writing of `t` in the output dtype (or `type`); `t`'s memory must stay unchanged
+  // until the ticket is done. Returns the ticket once the queue holds at most kMaxQueuedBytes, or
+  // the first failure of a queued task.
+  absl::StatusOr<uint64_t> Write(const std::string& name, const at::Tensor& t, std::optional<at::ScalarType> type = {}) {
+    at::Tensor stored = t.to(type.value_or(out_type_));
+    const uint64_t bytes = static_cast<uint64_t>(stored.numel()) * stored.element_size();
+    stats_.bytes_written += bytes;
+    const uint64_t ticket =
+        queue_.Enqueue([this, name, stored = std::move(stored)]() { return out_.Write(name, stored); }, bytes);
+    RETURN_IF_ERROR(queue_.WaitBelow(kMaxQueuedBytes));
+    return ticket;
+  }
+
+  // The frozen stack as it is when it can be written straight from the source, else through a
+  // reused contiguous buffer in the output dtype.
+  absl::Status WriteFrozen(int64_t layer, int k, const at::Tensor& stack) {
+    const std::string name = ExpertTensorName(layer, kFrozenExperts, kFfnProjections[k]);
+    if (stack.is_contiguous() && stack.scalar_type() == out_type_) return Write(name, stack).status();
+    RETURN_IF_ERROR(queue_.Wait(frozen_out_ticket_));
+    const at::Tensor stored = frozen_out_.Contiguous(stack.sizes(), out_type_);
+    stored.copy_(stack);
+    ASSIGN_OR_RETURN(frozen_out_ticket_, Write(name, stored));
+    return absl::OkStatus();
+  }
+
+  absl::Status WriteLearned(int64_t layer, int k, const at::Tensor& stack) {
+    const std::string name = ExpertTensorName(layer, kLearnedExperts, kFfnProjections[k]);
+    if (recipe_.learned_init() != ConversionRecipe::NOISY_SLICE) {
+      return Write(name, InitLearnedExperts(stack.to(at::kFloat), moe_.num_learned_experts, recipe_, k, layer)).status();
+    }
+    // The statistics come from the stack's float32 copy in the stack's own layout (what
+    // `to(kFloat)` makes), the noisy copies from a contiguous one in the same buffer.
+    at::Tensor f32 = frozen_f32_.Like(stack, at::kFloat);
+    f32.copy_(stack);
+    const double noise_std = NoisySliceStd(f32, recipe_);
+    if (!f32.is_contiguous()) {
+      f32 = frozen_f32_.Contiguous(stack.sizes(), at::kFloat);
+      f32.copy_(stack);
+    }
+    std::vector<int64_t> sizes = stack.sizes().vec();
+    sizes[0] = moe_.num_learned_experts;
+    // Two buffers in turn: one is written while the next is filled.
+    next_learned_ ^= 1;
+    RETURN_IF_ERROR(queue_.Wait(learned_ticket_[next_learned_]));
+    const at::Tensor learned = learned_[next_learned_].Contiguous(sizes, out_type_);
+    NoisySliceInitInto(f32, noise_std, recipe_.seed(), layer, NoisePurpose(k), learned);
+    ASSIGN_OR_RETURN(learned_ticket_[next_learned_], Write(name, learned));
     return absl::OkStatus();
   }
 
@@ -153,6 +338,13 @@ class Conversion {
   ModelWriter& out_;
   ConvertStats& stats_;
   const std::vector<at::Tensor>& activations_;
+  // Every layer's expert stacks have the same shapes, so their buffers are allocated once.
+  Scratch frozen_out_, frozen_f32_, learned_[2];
+  int next_learned_ = 0;
+  // The tickets of the last writes that read each written buffer.
+  uint64_t frozen_out_ticket_ = 0, learned_ticket_[2] = {0, 0};
+  // Last: it is stopped and joined before the buffers its tasks read are freed.
+  TaskQueue queue_;
 };
 
 }  // namespace
@@ -230,15 +422,26 @@ absl::StatusOr<ConvertStats> ConvertDenseToMoe(const ConvertOptions& o) {
   // Every tensor outside the FFNs as it is, then the FFNs layer by layer.
   Conversion conversion(*in, recipe, moe, out_dtype, *w, stats, activations);
   try {
-    for (const TensorSpec& s : LlamaTensorSpecs(cfg, out_dtype, /*ffn=*/[](int64_t) { return std::vector<TensorSpec>(); })) {
+    // Each step first asks for the next step's source pages, which the kernel then reads from
+    // disk while this one computes and writes.
+    const std::vector<TensorSpec> kept =
+        LlamaTensorSpecs(cfg, out_dtype, /*ffn=*/[](int64_t) { return std::vector<TensorSpec>(); });
+    for (size_t i = 0; i < kept.size(); ++i) {
       if (cancelled()) return kCancelled;
-      RETURN_IF_ERROR(conversion.Copy(s.name));
+      if (i + 1 < kept.size()) {
+        in->Prefetch(kept[i + 1].name);
+      } else {
+        for (const char* proj : kFfnProjections) in->Prefetch(DenseFfnName(0, proj));
+      }
+      RETURN_IF_ERROR(conversion.Copy(kept[i].name));
     }
     for (int64_t layer = 0; layer < cfg.num_hidden_layers; ++layer) {
       if (cancelled()) return kCancelled;
+      for (const char* proj : kFfnProjections) in->Prefetch(DenseFfnName(layer + 1, proj));
       RETURN_IF_ERROR(conversion.ConvertFfn(layer, cfg.hidden_size));
       log(absl::StrFormat("layer %d/%d done", layer + 1, cfg.num_hidden_layers));
     }
+    RETURN_IF_ERROR(conversion.Finish());
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("conversion failed: ", e.what_without_backtrace()));
   }

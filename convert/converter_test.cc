@@ -5,6 +5,8 @@
 
 #include "moe/moe_config.h"
 #include "moe/moe_layout.h"
+#include "convert/learned_init.h"
+#include "convert/partition.h"
 #include "convert/recipe.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -90,6 +92,33 @@ TEST(ConverterTest, LearnedExpertsAreSlicesPlusScaledNoise) {
   EXPECT_NEAR(ratio, 0.2, 0.01);
   // Noise is fresh per expert, not one pattern repeated.
   EXPECT_FALSE(at::allclose(learned[0] - frozen[0], learned[1] - frozen[1]));
+}
+
+// The streamed path (reused buffers, noise added and rounded chunk by chunk, writes queued
+// behind the computing) writes what the plain composition of the steps gives, to the bit, for
+// every projection of a bfloat16 source: down's stack is a strided view of the source.
+TEST(ConverterTest, LearnedExpertsEqualTheStepsComposed) {
+  const std::string dense = Dense(DType::kBF16);
+  const std::string out = TestPath("moe");
+  const std::string recipe_text = "noise_scale: 0.2 seed: 7 num_learned_experts: 12";
+  ASSERT_TRUE(Convert(dense, out, recipe_text).ok());
+  const ConversionRecipe recipe = *ParseRecipe(recipe_text, "test");
+  auto d = *Checkpoint::Open(dense);
+  auto m = *Checkpoint::Open(out);
+  for (int64_t layer = 0; layer < 2; ++layer) {
+    DenseFfnWeights ffn;
+    ffn.gate = *d->Get(DenseFfnName(layer, "gate_proj"));
+    ffn.up = *d->Get(DenseFfnName(layer, "up_proj"));
+    ffn.down = *d->Get(DenseFfnName(layer, "down_proj"));
+    const ExpertStackWeights frozen = PartitionContiguous(ffn, 8);
+    const at::Tensor stacks[3] = {frozen.gate, frozen.up, frozen.down};
+    for (int k = 0; k < 3; ++k) {
+      const at::Tensor expected = InitLearnedExperts(stacks[k].to(at::kFloat), 12, recipe, k, layer).to(at::kBFloat16);
+      const at::Tensor written = *m->Get(ExpertTensorName(layer, kLearnedExperts, kFfnProjections[k]));
+      EXPECT_TRUE(at::equal(written, expected)) << "layer " << layer << " projection " << k;
+      EXPECT_TRUE(at::equal(*m->Get(ExpertTensorName(layer, kFrozenExperts, kFfnProjections[k])), stacks[k]));
+    }
+  }
 }
 
 TEST(ConverterTest, DropUpcyclingReinitialisesTheRequestedFraction) {

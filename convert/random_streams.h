@@ -26,6 +26,9 @@ enum class StreamPurpose {
   kLoraA = 7,        // LoRA A matrices (chunk: the projection, 0 gate, 1 up, 2 down)
 };
 
+// The seed of stream (seed, layer, purpose, chunk): a generator seeded with it is the stream.
+uint64_t ConversionSeed(uint64_t seed, int64_t layer, StreamPurpose purpose, int64_t chunk = 0);
+
 at::Generator ConversionStream(uint64_t seed, int64_t layer, StreamPurpose purpose, int64_t chunk = 0);
 
 }  // namespace llama_moe

@@ -107,6 +107,13 @@ void Checkpoint::Release(absl::string_view name) const {
   f->Release(*f->Find(name));
 }
 
+void Checkpoint::Prefetch(absl::string_view name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) return;
+  const SafetensorsFile* f = shards_[it->second].get();
+  f->Prefetch(*f->Find(name));
+}
+
 uint64_t Checkpoint::total_bytes() const {
   uint64_t n = 0;
   for (const auto& f : shards_) n += f->header().data_size;

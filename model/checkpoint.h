@@ -45,6 +45,8 @@ class Checkpoint {
   absl::StatusOr<at::Tensor> Get(absl::string_view name) const;
   // See SafetensorsFile::Release; unknown names are ignored.
   void Release(absl::string_view name) const;
+  // See SafetensorsFile::Prefetch; unknown names are ignored.
+  void Prefetch(absl::string_view name) const;
   const std::vector<std::shared_ptr<SafetensorsFile>>& shards() const { return shards_; }
   // Sum of tensor bytes over all shards.
   uint64_t total_bytes() const;

@@ -111,6 +111,14 @@ void SafetensorsFile::Release(const TensorEntry& entry) const {
   if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }
 
+void SafetensorsFile::Prefetch(const TensorEntry& entry) const {
+  if (base_ == nullptr || entry.end <= entry.begin) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(base_ + header_.data_start + entry.begin) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(base_ + header_.data_start + entry.end);
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_WILLNEED);  // advice only: failure costs nothing
+}
+
 absl::StatusOr<at::Tensor> SafetensorsFile::Get(absl::string_view name) const {
   const TensorEntry* e = Find(name);
   if (e == nullptr) {

@@ -48,6 +48,9 @@ class SafetensorsFile {
   // again, and tensors viewing them stay valid). Streaming readers call it after each tensor so
   // that resident memory stays at one tensor rather than growing to the checkpoint's size.
   void Release(const TensorEntry& entry) const;
+  // Asks the kernel to start reading a tensor's pages in the background (MADV_WILLNEED), so that
+  // a streaming reader's next tensor arrives while it works on the current one.
+  void Prefetch(const TensorEntry& entry) const;
 
  private:
   SafetensorsFile() = default;
