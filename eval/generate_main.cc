@@ -117,6 +117,7 @@ absl::Status Run(const Options& o) {
   mo.map_weights = true;  // inference: parameters stored in the compute dtype are mapped, not copied
   mo.prefault_weights = true;  // read at load, so that the prefill's timing is the forward pass's
   ASSIGN_OR_RETURN(mo.moe.mode, ParseRoutingMode(o.routing), "--routing");
+  mo.moe.routing_stats = false;  // generation reports no expert loads
   std::shared_ptr<LlamaForCausalLM> model;
   std::shared_ptr<ExpertProvider> experts;  // set with --offload
   if (o.offload) {

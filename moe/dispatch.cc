@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "model/decode_linear.h"
 #include "moe/dispatch_plan.h"
 #include "moe/expert_gemm.h"
 #include "moe/expert_kernels.h"
@@ -420,11 +421,18 @@ class SparseMoeFunction : public torch::autograd::Function<SparseMoeFunction> {
   }
 };
 
+// The whole stack as one dense SwiGLU through the linear primitive of the dense model's MLP (the
+// decode kernel for a decode step's rows, model/decode_linear.h), so that identity routing equals
+// the dense model bit for bit in prefill and in decode.
 at::Tensor AllExpertsOfStack(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up,
                              const at::Tensor& down) {
   const int64_t n = gate.size(0) * gate.size(1), H = x.size(-1);
   // [N,Ie,H] -> [N*Ie,H]; [N,H,Ie] -> [H,N*Ie] (neuron order matches the gate/up rows).
-  return ExpertSwiGlu({gate.reshape({n, H}), up.reshape({n, H}), down.permute({1, 0, 2}).reshape({H, n})}, x);
+  const at::Tensor g = gate.reshape({n, H}), u = up.reshape({n, H}), d = down.permute({1, 0, 2}).reshape({H, n});
+  const auto linear = [](const at::Tensor& a, const at::Tensor& w) {
+    return CanDecodeLinear(a, w) ? DecodeLinear(a, w) : at::matmul(a, w.t());
+  };
+  return linear(at::silu(linear(x, g)) * linear(x, u), d);
 }
 
 }  // namespace

@@ -128,7 +128,7 @@ at::Tensor MoeFeedForward::forward(const at::Tensor& x_in) {
                         : SparseMoeForward(x, r.expert, r.weight, experts());
       // A checkpointed layer's backward recomputes this forward: count each token once.
       if (InActivationRecompute()) break;
-      {
+      if (options_.routing_stats) {
         c10::NoGradGuard no_grad;
         const at::Tensor load = CountPerExpert(r.expert, moe_.num_experts());
         const at::Tensor p = moe_.score_function == ScoreFunction::kSoftmax ? r.scores : r.scores / r.scores.sum(-1, true);

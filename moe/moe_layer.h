@@ -96,6 +96,10 @@ struct MoeLayerOptions {
   RoutingMode mode = RoutingMode::kRouted;
   double aux_loss_coef = 0;  // Switch-style balance loss coefficient (0: off), for ablations
   double z_loss_coef = 0;    // router z-loss coefficient (0: off)
+  // Whether the routed forward accumulates the load and router entropy that TakeRoutingStats
+  // returns. Off where nothing reads them (generation): a dozen small tensor ops per layer and
+  // decode step.
+  bool routing_stats = true;
 };
 
 class MoeFeedForward : public FeedForward {

@@ -11,6 +11,7 @@
 #include "convert/recipe.h"
 #include "gtest/gtest.h"
 #include "model/generate.h"
+#include "model/kv_cache.h"
 #include "model/test_util.h"
 #include "model/tiny_llama.h"
 #include "moe/moe_model.h"
@@ -22,7 +23,9 @@ struct Models {
   std::string dense, moe;
 };
 
-Models Make(const std::string& recipe, DType dtype, int64_t kv_heads, bool tie) {
+// `hidden`, `intermediate`: 0 keeps the tiny model's (64, 128).
+Models Make(const std::string& recipe, DType dtype, int64_t kv_heads, bool tie, int64_t hidden = 0,
+            int64_t intermediate = 0) {
   Models m{TestPath("dense"), TestPath("moe")};
   TinyLlamaOptions o;
   o.dtype = dtype;
@@ -30,6 +33,8 @@ Models Make(const std::string& recipe, DType dtype, int64_t kv_heads, bool tie) 
   o.num_shards = 2;
   o.config.num_key_value_heads = kv_heads;
   o.config.tie_word_embeddings = tie;
+  if (hidden > 0) o.config.hidden_size = hidden;
+  if (intermediate > 0) o.config.intermediate_size = intermediate;
   EXPECT_TRUE(WriteTinyLlama(m.dense, o).ok());
   ConvertOptions c;
   c.input_dir = m.dense;
@@ -83,6 +88,32 @@ TEST(MoeLogitMatchTest, IdentityGreedyDecodingEqualsDense) {
   const std::vector<int64_t> dense = Greedy(m.dense, RoutingMode::kRouted, prompt);
   EXPECT_EQ(Greedy(m.moe, RoutingMode::kIdentity, prompt), dense);
   ASSERT_EQ(dense.size(), 24u);
+}
+
+// In bfloat16 with a KV cache, prefill and every decode step: the identity-routed layer runs
+// the frozen stack through the dense MLP's linear primitive, the decode kernel included, so its
+// logits are the dense model's to the bit (a different summation order flips near-tied greedy
+// tokens of a random model within a few steps).
+TEST(MoeLogitMatchTest, IdentityDecodeStepsEqualDenseInBfloat16) {
+  // Widths at which the two summation orders round differently.
+  Models m = Make("", DType::kBF16, 2, false, 512, 2048);
+  ModelLoadOptions o;
+  o.dtype = DType::kBF16;
+  o.moe.mode = RoutingMode::kIdentity;
+  LoadedModel dense = *LoadModel(m.dense, o);
+  LoadedModel moe = *LoadModel(m.moe, o);
+  const at::Tensor prompt = at::tensor({510L, 17L, 300L, 42L, 7L, 99L}, at::kLong).unsqueeze(0);
+  KvCache dense_cache = *KvCache::Create(dense.config, 32, {0}, dense.model->options());
+  KvCache moe_cache = *KvCache::Create(moe.config, 32, {0}, moe.model->options());
+  ForwardOptions fd, fm;
+  fd.cache = &dense_cache;
+  fm.cache = &moe_cache;
+  at::Tensor step = prompt;
+  for (int i = 0; i < 8; ++i) {
+    const at::Tensor a = *dense.model->Forward(step, fd), b = *moe.model->Forward(step, fm);
+    ASSERT_TRUE(at::equal(a, b)) << "step " << i << ": max |d| " << (a - b).abs().max().item<double>();
+    step = at::tensor({(37L * i + 11) % 510}, at::kLong).unsqueeze(0);  // the same next token for both
+  }
 }
 
 TEST(MoeLogitMatchTest, DensePreservingRouterEqualsDenseAtStepZero) {
@@ -174,6 +205,18 @@ TEST(MoeLogitMatchTest, RoutedModeCountsLoadsForBalancing) {
     EXPECT_EQ(s.tokens, 40);
     EXPECT_GT(s.entropy_sum.item<double>(), 0);
     EXPECT_EQ(layer->TakeRoutingStats().load.sum().item<int64_t>(), 0);  // reset
+  }
+  // Without statistics (generation) the output is the same and nothing is counted.
+  const at::Tensor tokens = at::randint(0, 510, {12}, at::kLong);
+  const at::Tensor with = *model.model->Forward(tokens);
+  for (MoeFeedForward* layer : model.moe_layers) layer->TakeRoutingStats();
+  o.moe.routing_stats = false;
+  LoadedModel quiet = *LoadModel(m.moe, o);
+  EXPECT_TRUE(at::equal(*quiet.model->Forward(tokens), with));
+  for (MoeFeedForward* layer : quiet.moe_layers) {
+    const RoutingStats s = layer->TakeRoutingStats();
+    EXPECT_EQ(s.tokens, 0);
+    EXPECT_EQ(s.load.sum().item<int64_t>(), 0);
   }
 }
 
