@@ -59,18 +59,10 @@ stage "evaluate 2 windows of 2048, routed, KL to dense" "$bin/eval/evaluate" --m
   dtype: \"bfloat16\"" >"$work/plan8.txt"
 cat "$work/plan8.txt" >&2
 
-# Training: the same shapes cut to 2 layers.
-"$bin/tools/make_tiny_llama" --preset llama3.1-8b --layers 2 --dtype bf16 --output "$work/dense2" >/dev/null
-"$bin/convert/convert" --input "$work/dense2" --output "$work/moe2" >/dev/null 2>&1
-stage "train 3 steps, 2-layer 8B-shaped MoE, seq 2048" "$bin/train/train" --set "model_dir: \"$work/moe2\"
-  data_dir: \"$work/data\" output_dir: \"$work/run\" steps: 3 warmup_steps: 0 seq_len: 2048 micro_batch: 1
-  global_batch: 1 eval_every: 0 eval_sequences: 1 dtype: \"bfloat16\""
-plan=$(grep -o "plan: peak per rank [0-9]*" "$work/out" | grep -o "[0-9]*$")
-rm -rf "$work/run" "$work/dense2" "$work/moe2"
-
-# The conversion's time against a plain copy of what it wrote (the dense model goes first: disk).
-# File by file: each file is copied and synced, then the copy is deleted outside the time, so that
-# the copy needs the disk of one shard rather than of a second model.
+# The conversion's time against a plain copy of what it wrote, file by file: each file is copied
+# and synced, then the copy is deleted outside the time, so that the copy needs the disk of one
+# shard rather than of a second model. The dense model goes before and the MoE after, so that
+# training has the disk.
 rm -rf "$work/dense"
 copy_s=0
 for f in "$work/moe"/*; do
@@ -81,6 +73,17 @@ for f in "$work/moe"/*; do
   rm -f "$work/copy_one" && sync
 done
 printf '%s\t%.2f\t0\n' "copy of the MoE output (cp + sync, file by file)" "$copy_s" >>"$table"
+
+rm -rf "$work/moe"
+
+# Training: the same shapes cut to 2 layers.
+"$bin/tools/make_tiny_llama" --preset llama3.1-8b --layers 2 --dtype bf16 --output "$work/dense2" >/dev/null
+"$bin/convert/convert" --input "$work/dense2" --output "$work/moe2" >/dev/null 2>&1
+stage "train 3 steps, 2-layer 8B-shaped MoE, seq 2048" "$bin/train/train" --set "model_dir: \"$work/moe2\"
+  data_dir: \"$work/data\" output_dir: \"$work/run\" steps: 3 warmup_steps: 0 seq_len: 2048 micro_batch: 1
+  global_batch: 1 eval_every: 0 eval_sequences: 1 dtype: \"bfloat16\""
+plan=$(grep -o "plan: peak per rank [0-9]*" "$work/out" | grep -o "[0-9]*$")
+rm -rf "$work/run" "$work/dense2" "$work/moe2"
 
 python3 - "$table" "$plan" <<'PY'
 import sys
