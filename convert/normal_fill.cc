@@ -11,12 +11,14 @@
 #if defined(LLAMA_MOE_X86_INTRINSICS) && defined(__GNUC__) && !defined(__clang__) && \
     __has_include(<ATen/native/cpu/avx_mathfun.h>)
 #include <ATen/native/cpu/Intrinsics.h>
-// LibTorch's AVX2 log and sincos, compiled here as ATen compiles them: AVX2 and FMA enabled and
-// multiply-adds contracted (GCC's default outside ISO mode, which is what LibTorch builds with).
-// The anonymous namespace keeps these inline definitions from merging with any other copy.
+// LibTorch's AVX2 log and sincos, compiled here as ATen compiles them: AVX2 and FMA enabled, and
+// multiply-adds contracted into FMAs, which GCC does only with contraction on (its default
+// outside ISO mode, which LibTorch builds in) and at -O2 or above, so also in a sanitizer or
+// debug build. The anonymous namespace keeps these inline definitions from merging with any
+// other copy.
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-#pragma GCC optimize("fp-contract=fast")
+#pragma GCC optimize("O2", "fp-contract=fast")
 #define CPU_CAPABILITY_AVX2
 namespace llama_moe {
 namespace {
