@@ -336,6 +336,10 @@ std::atomic<bool>& EnabledFlag() {
 void SetDecodeLinearEnabled(bool enabled) { EnabledFlag().store(enabled); }
 bool DecodeLinearEnabled() { return EnabledFlag().load(); }
 
+at::Tensor ModelLinear(const at::Tensor& x, const at::Tensor& w) {
+  return CanDecodeLinear(x, w) ? DecodeLinear(x, w) : at::linear(x, w);
+}
+
 bool CanDecodeLinear(const at::Tensor& x, const at::Tensor& w) {
   if (!DecodeLinearEnabled()) return false;
   if (!x.defined() || !w.defined() || !x.device().is_cpu() || !w.device().is_cpu()) return false;

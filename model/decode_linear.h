@@ -50,6 +50,11 @@ bool CanDecodeLinear(const at::Tensor& x, const at::Tensor& w);
 
 // x [..., K], W [N, K] -> [..., N] in x's dtype, with the best form the CPU supports.
 at::Tensor DecodeLinear(const at::Tensor& x, const at::Tensor& w);
+
+// x W^T as the model's linear layers compute it: DecodeLinear where CanDecodeLinear, else
+// at::linear. Paths that must equal the dense model bit for bit (identity routing and its LoRA
+// form) compute their products with it.
+at::Tensor ModelLinear(const at::Tensor& x, const at::Tensor& w);
 // The same with a given form (tests and benchmarks); the form must be supported.
 at::Tensor DecodeLinearWith(DecodeLinearForm form, const at::Tensor& x, const at::Tensor& w);
 

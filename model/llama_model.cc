@@ -51,8 +51,7 @@ LinearNoBias::LinearNoBias(int64_t in_features, int64_t out_features,
 
 at::Tensor LinearNoBias::forward(const at::Tensor& x) {
   // A decode step's few rows: one pass over the weights (model/decode_linear.h).
-  if (CanDecodeLinear(x, weight_)) return DecodeLinear(x, weight_);
-  return at::linear(x, weight_);
+  return ModelLinear(x, weight_);
 }
 
 RmsNorm::RmsNorm(int64_t hidden, double eps, const at::TensorOptions& options) : eps_(eps) {

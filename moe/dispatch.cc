@@ -429,10 +429,7 @@ at::Tensor AllExpertsOfStack(const at::Tensor& x, const at::Tensor& gate, const 
   const int64_t n = gate.size(0) * gate.size(1), H = x.size(-1);
   // [N,Ie,H] -> [N*Ie,H]; [N,H,Ie] -> [H,N*Ie] (neuron order matches the gate/up rows).
   const at::Tensor g = gate.reshape({n, H}), u = up.reshape({n, H}), d = down.permute({1, 0, 2}).reshape({H, n});
-  const auto linear = [](const at::Tensor& a, const at::Tensor& w) {
-    return CanDecodeLinear(a, w) ? DecodeLinear(a, w) : at::matmul(a, w.t());
-  };
-  return linear(at::silu(linear(x, g)) * linear(x, u), d);
+  return ModelLinear(at::silu(ModelLinear(x, g)) * ModelLinear(x, u), d);
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 
 #include <vector>
 
+#include "model/decode_linear.h"
+
 namespace llama_moe {
 namespace {
 
@@ -39,11 +41,11 @@ at::Tensor LoraAllFrozenForward(const at::Tensor& x, const ExpertBank& bank, con
     const at::Tensor xa = at::einsum("th,erh->ter", {x, a});
     return (at::einsum("ter,eir->tei", {xa, b}) * lora.scale).reshape({t, n});
   };
-  const at::Tensor g = at::matmul(x, gate.t()) + delta(lora.gate_a, lora.gate_b);
-  const at::Tensor u = at::matmul(x, up.t()) + delta(lora.up_a, lora.up_b);
+  const at::Tensor g = ModelLinear(x, gate) + delta(lora.gate_a, lora.gate_b);
+  const at::Tensor u = ModelLinear(x, up) + delta(lora.up_a, lora.up_b);
   const at::Tensor hidden = at::silu(g) * u;  // [T, Nf*Ie]
   const at::Tensor ha = at::einsum("tei,eri->ter", {hidden.reshape({t, nf, ie}), lora.down_a});
-  return at::matmul(hidden, down.t()) + at::einsum("ter,ehr->th", {ha, lora.down_b}) * lora.scale;
+  return ModelLinear(hidden, down) + at::einsum("ter,ehr->th", {ha, lora.down_b}) * lora.scale;
 }
 
 at::Tensor LoraSparseMoeForward(const at::Tensor& x, const at::Tensor& expert, const at::Tensor& weight,
