@@ -101,17 +101,13 @@ absl::StatusOr<at::Tensor> Checkpoint::Get(absl::string_view name) const {
 }
 
 void Checkpoint::Release(absl::string_view name) const {
-  auto it = where_.find(name);
-  if (it == where_.end()) return;
-  const SafetensorsFile* f = shards_[it->second].get();
-  f->Release(*f->Find(name));
+  const auto found = Find(name);
+  if (found.ok()) found->second->Release(*found->first);
 }
 
 void Checkpoint::Prefetch(absl::string_view name) const {
-  auto it = where_.find(name);
-  if (it == where_.end()) return;
-  const SafetensorsFile* f = shards_[it->second].get();
-  f->Prefetch(*f->Find(name));
+  const auto found = Find(name);
+  if (found.ok()) found->second->Prefetch(*found->first);
 }
 
 uint64_t Checkpoint::total_bytes() const {
