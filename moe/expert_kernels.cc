@@ -75,7 +75,7 @@ bool CpuSupports(KernelIsa isa) {
       return CpuSupports(KernelIsa::kAvx2Fma) && __builtin_cpu_supports("avx512f");
     case KernelIsa::kAvx512Bf16:
       return CpuSupports(KernelIsa::kAvx512) && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512bf16");
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
   }
   return false;
 #else

@@ -77,6 +77,8 @@ LLAMA_MOE_AVX512 void ActivateF32(float* g, const float* u, const float* w, int6
 struct F32Form {
   static constexpr PanelTable<float> kTiles = {
       {F32Tiles<1>(kF32Rows), F32Tiles<2>(kF32Rows), F32Tiles<3>(kF32Rows), F32Tiles<4>(kF32Rows)}};
+  // Every block at full width: float32 prefill already runs well ahead of the dense GEMM.
+  static const PanelTable<float>* HalfTail() { return nullptr; }
   static void PackTokens(const float* const* x_rows, int64_t n, int64_t np, int64_t len, float* panel) {
     PackTokensF32(x_rows, n, np, len, panel);
   }

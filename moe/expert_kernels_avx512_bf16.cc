@@ -2,10 +2,13 @@
 // activations with VDPBF16PS (32 products per instruction, float32 accumulation), as oneDNN's
 // bfloat16 GEMMs do: twice the products per instruction of widening the weights to float32, at
 // the price of token vectors rounded to bfloat16 (the GEMM path rounds them too). Dot tiles
-// below kPanelMinTokens tokens, the panel form (12 weight rows x 32 tokens) from there.
+// below kPanelMinTokens tokens, the panel form (12 weight rows x 32 tokens) from there; a
+// segment's last 16-token vector holding 8 tokens or fewer runs at half width (a 64-token
+// expert segment pads 7.5 tokens on average, and 8 of them then cost half).
 #include "moe/expert_kernel_forms.h"
 
 #ifdef LLAMA_MOE_HAVE_X86_KERNELS
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -131,9 +134,58 @@ LLAMA_MOE_AVX512BF16 void PanelTileBf16(const uint16_t* w, int64_t ldw, const ui
   StoreTile(acc, c, ldc);
 }
 
+// PanelTileBf16 with the last 16-token vector at half width: its first 8 tokens with 256-bit
+// VDPBF16PS (half the work of the 512-bit one), zeros stored for its other 8 (padding only).
+// acc[r][0..NV-1) are the full vectors, tail[r] the half one.
+template <int R, int NV, bool kLastOdd>
+LLAMA_MOE_AVX512BF16 inline void HalfTailStepBf16(__m512 (&acc)[R][NV], __m256 (&tail)[R], const uint16_t* w,
+                                                  int64_t ldw, const uint16_t* p, int64_t k) {
+  __m512i pv[NV];
+#pragma GCC unroll 4
+  for (int v = 0; v + 1 < NV; ++v) pv[v] = _mm512_loadu_si512(p + (k * NV + 2 * v) * 16);
+  const __m256i pt = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + (k * NV + 2 * (NV - 1)) * 16));
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    int32_t pair;
+    if (kLastOdd) {
+      pair = w[r * ldw + k];
+    } else {
+      std::memcpy(&pair, w + r * ldw + k, sizeof pair);
+    }
+    const __m512i b = _mm512_set1_epi32(pair);
+#pragma GCC unroll 4
+    for (int v = 0; v + 1 < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)b, (__m512bh)pv[v]);
+    tail[r] = _mm256_dpbf16_ps(tail[r], (__m256bh)_mm512_castsi512_si256(b), (__m256bh)pt);
+  }
+}
+
+template <int R, int NV>
+LLAMA_MOE_AVX512BF16 void PanelTileBf16HalfTail(const uint16_t* w, int64_t ldw, const uint16_t* p, int64_t len,
+                                                float* c, int64_t ldc) {
+  __m512 acc[R][NV];
+  __m256 tail[R];
+  ZeroTile(acc);
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) tail[r] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 2 <= len; k += 2) HalfTailStepBf16<R, NV, false>(acc, tail, w, ldw, p, k);
+  if (k < len) HalfTailStepBf16<R, NV, true>(acc, tail, w, ldw, p, k);
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v + 1 < NV; ++v) _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+    _mm256_storeu_ps(c + r * ldc + 16 * (NV - 1), tail[r]);
+    _mm256_storeu_ps(c + r * ldc + 16 * (NV - 1) + 8, _mm256_setzero_ps());
+  }
+}
+
 template <int NV, size_t... I>
 constexpr std::array<PanelFn<uint16_t>, sizeof...(I)> Bf16Tiles(std::index_sequence<I...>) {
   return {{&PanelTileBf16<int(I) + 1, NV>...}};
+}
+template <int NV, size_t... I>
+constexpr std::array<PanelFn<uint16_t>, sizeof...(I)> Bf16HalfTailTiles(std::index_sequence<I...>) {
+  return {{&PanelTileBf16HalfTail<int(I) + 1, NV>...}};
 }
 constexpr auto kBf16Rows = std::make_index_sequence<PanelShape<uint16_t>::kRows>();
 
@@ -202,6 +254,9 @@ LLAMA_MOE_AVX512BF16 void ActivateBf16(const float* g, const float* u, const flo
 
 struct Bf16Form {
   static constexpr PanelTable<uint16_t> kTiles = {{Bf16Tiles<1>(kBf16Rows), Bf16Tiles<2>(kBf16Rows)}};
+  static constexpr PanelTable<uint16_t> kHalfTailTiles = {
+      {Bf16HalfTailTiles<1>(kBf16Rows), Bf16HalfTailTiles<2>(kBf16Rows)}};
+  static const PanelTable<uint16_t>* HalfTail() { return &kHalfTailTiles; }
   template <typename X>
   static void PackTokens(const X* const* x_rows, int64_t n, int64_t np, int64_t len, uint16_t* panel) {
     PackTokensBf16(x_rows, n, np, len, panel);

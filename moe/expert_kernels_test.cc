@@ -85,10 +85,10 @@ TEST(ExpertKernelsTest, MatchesFloat64Reference) {
   // shorter than one vector, odd lengths (the bfloat16 panel pairs elements) and row counts
   // that leave partial 12-row panel tiles; token counts of one to several register tiles of 4
   // with ragged last tiles, and from kPanelMinTokens the panel form's 16- and 32-token blocks
-  // with padded tails.
+  // with padded tails (the bfloat16 form's half-width last vector: 17, 24, 40).
   for (KernelIsa isa : SupportedIsas()) {
     for (auto [H, Ie] : std::vector<std::pair<int64_t, int64_t>>{{32, 16}, {100, 37}, {7, 3}, {1024, 64}, {257, 129}}) {
-      for (int64_t n : {1, 2, 3, 4, 5, 9, 16, 17, 32, 45, 64}) {
+      for (int64_t n : {1, 2, 3, 4, 5, 9, 16, 17, 24, 32, 40, 45, 64}) {
         for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
           const Case c = MakeCase(H, Ie, n, dtype, 1000 + H + Ie + n);
           // All arithmetic is float32, bfloat16 weights included: only float32 rounding remains.
@@ -148,6 +148,32 @@ TEST(ExpertKernelsTest, Bfloat16TokenRowsEqualFloat32Rows) {
       EXPECT_TRUE(at::equal(RunKernelBf16Tokens(c, isa), RunKernel(c, isa))) << "isa " << int(isa) << " n " << n;
     }
   }
+}
+
+TEST(ExpertKernelsTest, TokenResultDoesNotDependOnItsSegmentsOtherTokens) {
+  // In the panel form each token is a lane of the vectors: its result is bit for bit the same
+  // when more tokens share its segment. Segments whose last 16-token vector holds 1 to 8 tokens
+  // (the bfloat16 form runs that vector at half width) against the same tokens with others
+  // filling the vector, and a 13-token tail; odd H and Ie pair an odd last element with zero.
+  // (The dot tiles unroll by their token count, so a ragged tile sums in another order.)
+  int panel_forms = 0;
+  for (KernelIsa isa : SupportedIsas()) {
+    for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+      if (!HasPanelForm(isa, dtype == at::kBFloat16)) continue;
+      ++panel_forms;
+      for (int64_t n : {17, 20, 24, 29, 33, 40, 45}) {
+        const int64_t full = (n + 15) / 16 * 16;
+        Case more = MakeCase(301, 45, full, dtype, 90 + n);
+        Case c = more;
+        c.x = more.x.narrow(0, full - n, n).contiguous();  // RunKernel visits rows in reverse
+        c.y0 = more.y0.narrow(0, full - n, n).contiguous();
+        c.w = more.w.narrow(0, full - n, n).contiguous();
+        EXPECT_TRUE(at::equal(RunKernel(c, isa), RunKernel(more, isa).narrow(0, full - n, n)))
+            << "isa " << int(isa) << " " << dtype << " n " << n;
+      }
+    }
+  }
+  if (panel_forms == 0) GTEST_SKIP() << "this CPU runs no panel form (it needs AVX-512F)";
 }
 
 TEST(ExpertKernelsTest, BestIsaIsSupported) { EXPECT_TRUE(CpuSupports(BestKernelIsa())); }

@@ -37,7 +37,7 @@
 
 #define LLAMA_MOE_AVX2 __attribute__((target("avx2,fma")))
 #define LLAMA_MOE_AVX512 __attribute__((target("avx2,fma,avx512f")))
-#define LLAMA_MOE_AVX512BF16 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512bf16")))
+#define LLAMA_MOE_AVX512BF16 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512bf16")))
 
 namespace llama_moe {
 namespace kernel_internal {
@@ -186,9 +186,15 @@ LLAMA_MOE_AVX512 inline void AccumulateTransposed(const float* yT, int64_t n, in
 // reused from L1/L2 and the span's panel from L2, instead of re-reading a large segment's whole
 // panel from L3 for every row block (2-3% faster at H 1024, 2048 tokens). Row blocks are split
 // over ATen's threads; each output element is one tile's, summed in a fixed order.
+//
+// half_tail (null where the form has none) holds tiles whose last 16-token vector computes its
+// first 8 tokens at half width and stores zeros for the other 8: the n real tokens' block whose
+// last vector has 8 or fewer of them runs those, and pays half for its padding. Each token's
+// lane sums the same products in the same order at either width, so the result is the padded
+// tile's bit for bit.
 template <typename W>
-void PanelProduct(const W* w, int64_t M, int64_t len, const W* panel, int64_t np, const PanelTable<W>& tiles,
-                  float* c) {
+void PanelProduct(const W* w, int64_t M, int64_t len, const W* panel, int64_t n, int64_t np,
+                  const PanelTable<W>& tiles, const PanelTable<W>* half_tail, float* c) {
   constexpr int64_t kRows = PanelShape<W>::kRows, kBlock = PanelShape<W>::kBlock;
   const int64_t kp = RoundUp(len, kPair<W>);
   const int64_t row_blocks = (M + kRows - 1) / kRows;
@@ -201,7 +207,8 @@ void PanelProduct(const W* w, int64_t M, int64_t len, const W* panel, int64_t np
         const int64_t r0 = rb * kRows, rows = std::min<int64_t>(kRows, M - r0);
         for (int64_t t0 = s0; t0 < s1; t0 += kBlock) {
           const int64_t bw = BlockWidth(t0, np, kBlock);
-          tiles[bw / 16 - 1][rows - 1](w + r0 * len, len, panel + t0 * kp, len, c + t0 * M + r0 * bw, bw);
+          const PanelTable<W>& table = half_tail != nullptr && n - t0 <= bw - 8 ? *half_tail : tiles;
+          table[bw / 16 - 1][rows - 1](w + r0 * len, len, panel + t0 * kp, len, c + t0 * M + r0 * bw, bw);
         }
       }
     });
@@ -212,8 +219,9 @@ void PanelProduct(const W* w, int64_t M, int64_t len, const W* panel, int64_t np
 // weighted activation packed as the down projection's panel, the down product, and its
 // transposed accumulation into the token rows. Scratch (PanelScratchFloats): g, u [np*Ie],
 // yT [np*H] float32, then the token and activation panels. `Form` supplies the weight type's
-// tiles (kTiles), token packing (PackTokens) and activation (Activate, which returns the panel
-// the down projection reads: g itself in float32).
+// tiles (kTiles) and half-tail tiles (HalfTail(), null for none; see PanelProduct), token
+// packing (PackTokens) and activation (Activate, which returns the panel the down projection
+// reads: g itself in float32).
 template <typename Form, typename W, typename X>
 void SwiGluPanel(const W* gate, const W* up, const W* down, int64_t H, int64_t Ie, int64_t n,
                  const X* const* x_rows, const float* w, float* scratch, float* const* y_rows) {
@@ -224,10 +232,10 @@ void SwiGluPanel(const W* gate, const W* up, const W* down, int64_t H, int64_t I
   W* xp = reinterpret_cast<W*>(yT + np * H);
   W* ap = xp + np * RoundUp(H, kPair<W>);
   Form::PackTokens(x_rows, n, np, H, xp);
-  PanelProduct(gate, Ie, H, xp, np, Form::kTiles, g);
-  PanelProduct(up, Ie, H, xp, np, Form::kTiles, u);
+  PanelProduct(gate, Ie, H, xp, n, np, Form::kTiles, Form::HalfTail(), g);
+  PanelProduct(up, Ie, H, xp, n, np, Form::kTiles, Form::HalfTail(), u);
   const W* down_panel = Form::Activate(g, u, w, n, np, Ie, ap);
-  PanelProduct(down, H, Ie, down_panel, np, Form::kTiles, yT);
+  PanelProduct(down, H, Ie, down_panel, n, np, Form::kTiles, Form::HalfTail(), yT);
   AccumulateTransposed(yT, n, np, H, PanelShape<W>::kBlock, y_rows);
 }
 
