@@ -11,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "eval/evaluate_lib.h"
 #include "model/file_util.h"
+#include "model/heap_policy.h"
 #include "model/llama_model.h"
 #include "model/main_util.h"
 #include "model/status_macros.h"
@@ -77,6 +78,7 @@ absl::Status Run() {
 }  // namespace llama_moe
 
 int main(int argc, char** argv) {
+  llama_moe::ApplyInferenceHeapPolicy();
   absl::SetProgramUsageMessage("Evaluates a model on held-out tokens: perplexity, KL to a reference, routing statistics.");
   absl::ParseCommandLine(argc, argv);
   return llama_moe::RunMain("evaluate", llama_moe::Run);

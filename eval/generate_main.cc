@@ -21,6 +21,7 @@
 #include "model/chat_template.h"
 #include "model/file_util.h"
 #include "model/generate.h"
+#include "model/heap_policy.h"
 #include "model/llama_model.h"
 #include "model/main_util.h"
 #include "model/status_macros.h"
@@ -195,6 +196,7 @@ absl::Status Run(const Options& o) {
 }  // namespace llama_moe
 
 int main(int argc, char** argv) {
+  llama_moe::ApplyInferenceHeapPolicy();
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_threads) > 0) at::set_num_threads(absl::GetFlag(FLAGS_threads));
   return llama_moe::RunMain(

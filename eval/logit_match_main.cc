@@ -17,6 +17,7 @@
 #include "eval/token_args.h"
 #include "model/file_util.h"
 #include "model/generate.h"
+#include "model/heap_policy.h"
 #include "model/main_util.h"
 #include "model/status_macros.h"
 #include "moe/moe_model.h"
@@ -98,6 +99,7 @@ absl::Status Run() {
 }  // namespace llama_moe
 
 int main(int argc, char** argv) {
+  llama_moe::ApplyInferenceHeapPolicy();
   absl::SetProgramUsageMessage("Checks that an MoE model reproduces its dense source model's logits and greedy output.");
   absl::ParseCommandLine(argc, argv);
   return llama_moe::RunMain("logit_match", llama_moe::Run);

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "eval/token_args.h"
 #include "model/file_util.h"
+#include "model/heap_policy.h"
 #include "model/llama_model.h"
 #include "model/main_util.h"
 #include "model/safetensors_header.h"
@@ -80,6 +81,7 @@ absl::Status Run() {
 }  // namespace llama_moe
 
 int main(int argc, char** argv) {
+  llama_moe::ApplyInferenceHeapPolicy();
   absl::ParseCommandLine(argc, argv);
   return llama_moe::RunMain("logits", llama_moe::Run);
 }
