@@ -7,7 +7,11 @@
 # attention), the baseline the kernels are measured against. Both engines run the prompt and one
 # decode step once untimed first (--warmup, as llama.cpp's llama-bench warms up): the timings
 # are steady-state speed, not the first pass's one-time costs (oneDNN's kernel generation, ggml's
-# thread pool).
+# thread pool). Before each repetition every weight file (.safetensors, .gguf) is copied to a
+# fresh file: both engines map their weights from the page cache, and on this VM a file's
+# decode speed depends on where its cached pages landed (one dense bfloat16 file decoded at
+# 80.5-81.6 tokens/s in three runs, five fresh copies of it at 77.7-87.4), a bias that would
+# otherwise stay fixed across repetitions.
 #
 #   benchmarks/llama_cpp_peer.sh            # 3 interleaved repetitions, medians
 #   REPETITIONS=5 benchmarks/llama_cpp_peer.sh
@@ -46,7 +50,7 @@ if [ ! -f "$work/ready" ]; then
 fi
 
 python3 - "$reps" "$bin" "$backends" "$work" "$out/llama_cpp_peer.json" <<'PY'
-import json, os, random, re, statistics, subprocess, sys
+import json, os, random, re, shutil, statistics, subprocess, sys
 reps, bin, backends, work, out_json = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 prompt = ",".join(str((i * 7919 + 13) % 32000) for i in range(128))
 new = 64
@@ -84,8 +88,18 @@ for t in (1, 2):
 
 cells = [(e, m, d, t) for e in ("ours", "ours, ATen linear", "llama.cpp") for m in ("dense", "moe") for d in ("f32", "bf16") for t in (1, 2)]
 results = {c: [] for c in cells}
+def refresh_weight_files():
+    # New page-cache pages for every weight file (see the header): copy, then replace.
+    for root, _, files in os.walk(work):
+        for f in files:
+            if f.endswith((".safetensors", ".gguf")):
+                path = os.path.join(root, f)
+                shutil.copyfile(path, path + ".fresh")
+                os.replace(path + ".fresh", path)
+
 random.seed(0)
 for rep in range(reps):
+    refresh_weight_files()
     order = cells[:]
     random.shuffle(order)
     for c in order:
