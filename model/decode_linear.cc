@@ -17,17 +17,14 @@
 namespace llama_moe {
 namespace {
 
-// How far ahead of its loads a bfloat16 weight stream is prefetched, in bytes, when a block reads
-// fewer than kPrefetchBelowStreams weight rows at once: the hardware prefetcher alone leaves a
-// core's 4 streams short of the read bandwidth (bfloat16 decode of the peer benchmark's dense
-// model on the AMD EPYC, 4 rows a block: 76 -> 81 tokens/s at one thread, 114 -> 122 at two, with
-// 4 or 8 KB ahead; 16 KB gains less at one thread). Eight streams keep enough reads in flight on
-// their own, and the prefetches only cost: 8 rows a block, the same model, 6 interleaved runs
-// each: 84.5 -> 91.7 tokens/s at one thread and 122.7 -> 128.5 at two without them (the MoE
-// model: 90.7 -> 94.4 and 117.8 -> 123.3). The float32 loop keeps to the hardware prefetcher:
-// the same prefetch cost it 4% at one thread.
+// How far ahead of its loads a bfloat16 weight stream of a several-row block is prefetched, in
+// bytes: the hardware prefetcher alone leaves a core's 4 interleaved row streams short of the
+// read bandwidth (bfloat16 decode of the peer benchmark's dense model on the AMD EPYC, 4 rows a
+// block: 76 -> 81 tokens/s at one thread, 114 -> 122 at two, with 4 or 8 KB ahead; 16 KB gains
+// less at one thread). One row of x needs none: it reads its weights in one sequential stream
+// (StreamRows below). The float32 loop keeps to the hardware prefetcher: the same prefetch cost
+// it 4% at one thread.
 constexpr int64_t kPrefetchBytes = 8192;
-constexpr int kPrefetchBelowStreams = 8;
 
 #ifdef LLAMA_MOE_X86_INTRINSICS
 // Prefetching past a matrix's end is harmless: a prefetch never faults.
@@ -39,13 +36,20 @@ inline void PrefetchAhead(const uint16_t* p) {
 // Weight rows handled together for M rows of x: R * M accumulators stay in registers, and R
 // weight streams are read at once.
 constexpr int RowsPerBlock(int m) { return m >= 8 ? 1 : 8 / m; }
-// AVX-512: 4 weight rows at once for one or two rows of x (measured on the AMD EPYC, float32
-// at one thread: 2 rows 28-30 GB/s, 4 rows 34-39, 8 rows 28-33), fewer for more rows of x.
+// AVX-512 for two rows of x and more: 4 weight rows at once for two rows of x (measured on the
+// AMD EPYC with one row of x, float32 at one thread: 2 rows 28-30 GB/s, 4 rows 34-39, 8 rows
+// 28-33), fewer for more rows of x.
 constexpr int Avx512RowsPerBlock(int m) { return m * 4 > 8 ? (8 / m > 0 ? 8 / m : 1) : 4; }
-// VDPBF16PS for one row of x: 8 weight rows at once (dense bfloat16 decode of the peer
-// benchmark's model, one thread: 88 -> 94 tokens/s over 4 rows). A row's dot product is summed
-// in the same order either way.
-constexpr int Bf16RowsPerBlock(int m) { return m == 1 ? 8 : Avx512RowsPerBlock(m); }
+
+// One row of x (a decode step of one sequence) in the AVX-512 forms: each weight row is read
+// whole before the next, so a thread's share of W is one sequential stream, and kStreamChains
+// accumulators over interleaved vectors of the row hide the FMA latency a single sum would
+// expose. Blocks of rows read side by side (R streams 2 KB long at K 1024, each restarting R
+// rows further on) kept the prefetchers short of the bandwidth: bfloat16 decode of the peer
+// benchmark's dense model, 5 interleaved runs each, against 8-row blocks: 84.0 -> 98.9
+// tokens/s at one thread, 142.0 -> 173.3 at two (1, 2, 4 and 8 rows with 8, 4, 2 and 1
+// accumulators: 95.8, 92.8, 99.3 and 84.0 at one thread).
+constexpr int kStreamChains = 4;
 
 // out[m * ldo + n] for rows n in [n0, n1): the dot products of weight rows with the M rows of
 // xf (float32, [M][K]).
@@ -121,9 +125,41 @@ LLAMA_MOE_DL_AVX512 void Avx512Block(const float* xf, const W* w, int64_t k, int
     for (int m = 0; m < M; ++m) out[m * ldo + n + r] = _mm512_reduce_add_ps(acc[r][m]);
 }
 
+// out[n] = W[n] . x for one float32 row x (StreamRows: kStreamChains sums per row).
+template <typename W>
+LLAMA_MOE_DL_AVX512 void Avx512StreamRows(const float* xf, const W* w, int64_t k, int64_t n0, int64_t n1, float* out) {
+  constexpr int U = kStreamChains;
+  const int64_t k_main = k / (16 * U) * (16 * U);
+  for (int64_t n = n0; n < n1; ++n) {
+    const W* row = w + n * k;
+    __m512 acc[U];
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) acc[u] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k_main; i += 16 * U) {
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) {
+        acc[u] = _mm512_fmadd_ps(Load16(row + i + 16 * u, static_cast<__mmask16>(0xffff)),
+                                 _mm512_loadu_ps(xf + i + 16 * u), acc[u]);
+      }
+    }
+    for (int64_t i = k_main; i < k; i += 16) {
+      const __mmask16 mask = k - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (k - i)) - 1);
+      acc[0] = _mm512_fmadd_ps(Load16(row + i, mask), _mm512_maskz_loadu_ps(mask, xf + i), acc[0]);
+    }
+    __m512 sum = acc[0];
+#pragma GCC unroll 8
+    for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[u]);
+    out[n] = _mm512_reduce_add_ps(sum);
+  }
+}
+
 template <int M, typename W>
 LLAMA_MOE_DL_AVX512 void Avx512Rows(const float* xf, const W* w, int64_t k, int64_t n0, int64_t n1, float* out,
                                     int64_t ldo) {
+  if constexpr (M == 1) {
+    Avx512StreamRows<W>(xf, w, k, n0, n1, out);
+    return;
+  }
   constexpr int R = Avx512RowsPerBlock(M);
   for (int64_t n = n0; n < n1; n += R) {
     Avx512Block<M, W>(xf, w, k, n, static_cast<int>(std::min<int64_t>(R, n1 - n)), out, ldo);
@@ -137,7 +173,7 @@ LLAMA_MOE_DL_AVX512 void Avx512Rows(const float* xf, const W* w, int64_t k, int6
 template <int M>
 LLAMA_MOE_DL_AVX512BF16 void DpBf16Block(const uint16_t* xb, const uint16_t* w, int64_t k, int64_t n, int rows,
                                          float* out, int64_t ldo) {
-  constexpr int R = Bf16RowsPerBlock(M);
+  constexpr int R = Avx512RowsPerBlock(M);
   __m512 acc[R][M];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -153,7 +189,7 @@ LLAMA_MOE_DL_AVX512BF16 void DpBf16Block(const uint16_t* xb, const uint16_t* w, 
     for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_si512(xb + m * k + i);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      if (R < kPrefetchBelowStreams) PrefetchAhead(wr[r] + i);
+      PrefetchAhead(wr[r] + i);
       const __m512i wv = _mm512_loadu_si512(wr[r] + i);
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], (__m512bh)wv, (__m512bh)xv[m]);
@@ -176,9 +212,42 @@ LLAMA_MOE_DL_AVX512BF16 void DpBf16Block(const uint16_t* xb, const uint16_t* w, 
     for (int m = 0; m < M; ++m) out[m * ldo + n + r] = _mm512_reduce_add_ps(acc[r][m]);
 }
 
+// out[n] = W[n] . x for one bfloat16 row x (StreamRows: kStreamChains sums per row).
+LLAMA_MOE_DL_AVX512BF16 void DpBf16StreamRows(const uint16_t* xb, const uint16_t* w, int64_t k, int64_t n0, int64_t n1,
+                                              float* out) {
+  constexpr int U = kStreamChains;
+  const int64_t k_main = k / (32 * U) * (32 * U);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint16_t* row = w + n * k;
+    __m512 acc[U];
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) acc[u] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k_main; i += 32 * U) {
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) {
+        acc[u] = _mm512_dpbf16_ps(acc[u], (__m512bh)_mm512_loadu_si512(row + i + 32 * u),
+                                  (__m512bh)_mm512_loadu_si512(xb + i + 32 * u));
+      }
+    }
+    for (int64_t i = k_main; i < k; i += 32) {
+      const __mmask32 mask = k - i >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((uint64_t{1} << (k - i)) - 1);
+      acc[0] = _mm512_dpbf16_ps(acc[0], (__m512bh)_mm512_maskz_loadu_epi16(mask, row + i),
+                                (__m512bh)_mm512_maskz_loadu_epi16(mask, xb + i));
+    }
+    __m512 sum = acc[0];
+#pragma GCC unroll 8
+    for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[u]);
+    out[n] = _mm512_reduce_add_ps(sum);
+  }
+}
+
 template <int M>
 void DpBf16Rows(const uint16_t* xb, const uint16_t* w, int64_t k, int64_t n0, int64_t n1, float* out, int64_t ldo) {
-  constexpr int R = Bf16RowsPerBlock(M);
+  if constexpr (M == 1) {
+    DpBf16StreamRows(xb, w, k, n0, n1, out);
+    return;
+  }
+  constexpr int R = Avx512RowsPerBlock(M);
   for (int64_t n = n0; n < n1; n += R) {
     DpBf16Block<M>(xb, w, k, n, static_cast<int>(std::min<int64_t>(R, n1 - n)), out, ldo);
   }
