@@ -2,7 +2,7 @@
 # This project's //eval:generate against llama.cpp (npm's prebuilt CPU build) on the same weights,
 # in the same run: prefill and decode tokens/s and ours / llama.cpp, dense and MoE, float32 and
 # bfloat16, 1 and 2 threads; each engine's 2-thread speed-up; decode's weight bytes per second
-# against the machine's read bandwidth (at::sum over 1 GiB, measured in the same run). Ours also
+# against the machine's read bandwidth (at::sum over 1 GiB, measured right before each run). Ours also
 # runs with its decode kernels switched off (LLAMA_MOE_DECODE_LINEAR=0: ATen's linear and
 # attention), the baseline the kernels are measured against. Both engines run the prompt and one
 # decode step once untimed first (--warmup, as llama.cpp's llama-bench warms up): the timings
@@ -68,10 +68,19 @@ def run(engine, model, dt, threads):
         cmd = [f"{bin}/tools/llama_cpp/llama_cpp_generate", "--gguf", f"{work}/{model}_{dt}.gguf",
                "--backend_dir", backends, "--tokens", prompt, "--max_new_tokens", str(new), "--threads", str(threads),
                "--warmup"]
+    # The read bandwidth right before the run, at its thread count: this VM's two-thread read
+    # bandwidth moves between about 46 and 80 GB/s within minutes, so a decode run is compared
+    # with a measurement taken next to it, not one taken at the start.
+    bw_run = read_bandwidth(threads) if engine in ("ours", "llama.cpp") else float("nan")
     p = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     pre = re.search(r"prefill: (\d+) tokens in [\d.]+ s \(([\d.]+) tokens/s\)", p.stderr)
     dec = re.search(r"decode: (\d+) tokens in [\d.]+ s \(([\d.]+) tokens/s\)", p.stderr)
-    return float(pre.group(2)), float(dec.group(2)), int(dec.group(1))
+    return float(pre.group(2)), float(dec.group(2)), int(dec.group(1)), bw_run
+
+def read_bandwidth(threads):
+    r = subprocess.run([f"{bin}/tools/llama_cpp/read_bandwidth", "--threads", str(threads)], capture_output=True,
+                       text=True, check=True)
+    return float(re.search(r"read: ([\d.]+)", r.stdout).group(1))
 
 def weight_bytes(model, dt):
     # Bytes a decode step reads: every matrix but the embedding table (one row of it); an MoE
@@ -81,10 +90,6 @@ def weight_bytes(model, dt):
     ffn = 3 * h * i if model == "dense" else 3 * h * 8 * 512 + 16 * h
     return (l * (attn + ffn) + v * h) * (4 if dt == "f32" else 2)
 
-bw = {}
-for t in (1, 2):
-    r = subprocess.run([f"{bin}/tools/llama_cpp/read_bandwidth", "--threads", str(t)], capture_output=True, text=True, check=True)
-    bw[t] = float(re.search(r"read: ([\d.]+)", r.stdout).group(1))
 
 cells = [(e, m, d, t) for e in ("ours", "ours, ATen linear", "llama.cpp") for m in ("dense", "moe") for d in ("f32", "bf16") for t in (1, 2)]
 results = {c: [] for c in cells}
@@ -109,7 +114,10 @@ for rep in range(reps):
 med = {c: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v), min(x[2] for x in v))
        for c, v in results.items()}
 rows = []
-print(f"read bandwidth (at::sum, 1 GiB): {bw[1]:.1f} GB/s at 1 thread, {bw[2]:.1f} GB/s at 2")
+bws = {t: sorted(x[3] for c, v in results.items() if c[0] != "ours, ATen linear" and c[3] == t for x in v) for t in (1, 2)}
+bw = {t: statistics.median(bws[t]) for t in (1, 2)}
+print(f"read bandwidth (at::sum, 1 GiB, measured before each decode run): median {bw[1]:.1f} GB/s at 1 thread "
+      f"({bws[1][0]:.1f}-{bws[1][-1]:.1f}), {bw[2]:.1f} GB/s at 2 ({bws[2][0]:.1f}-{bws[2][-1]:.1f})")
 print()
 print("| model | dtype | phase | threads | ours tok/s | llama.cpp tok/s | ours / llama.cpp | ours without the decode kernels / llama.cpp |")
 print("|---|---|---|---:|---:|---:|---:|---:|")
@@ -140,9 +148,13 @@ for m in ("dense", "moe"):
             wb = weight_bytes(m, d)
             a = med[("ours", m, d, t)][1] * wb / 1e9
             b = med[("llama.cpp", m, d, t)][1] * wb / 1e9
-            print(f"| {'MoE' if m == 'moe' else m} | {d} | {t} | {a:.1f} | {b:.1f} | {a / bw[t]:.2f} | {b / bw[t]:.2f} |")
+            # Each run against the bandwidth measured next to it, then the median of the runs.
+            fa = statistics.median(x[1] * wb / 1e9 / x[3] for x in results[("ours", m, d, t)])
+            fb = statistics.median(x[1] * wb / 1e9 / x[3] for x in results[("llama.cpp", m, d, t)])
+            print(f"| {'MoE' if m == 'moe' else m} | {d} | {t} | {a:.1f} | {b:.1f} | {fa:.2f} | {fb:.2f} |")
 short = [c for c, v in med.items() if v[2] < new - 1]
 if short:
     print(f"note: EOS stopped these runs before {new} tokens: {short}")
-json.dump({"read_GBps": bw, "rows": rows, "repetitions": reps}, open(out_json, "w"), indent=1)
+json.dump({"read_GBps": bw, "read_GBps_runs": bws, "rows": rows, "repetitions": reps,
+           "runs": {" / ".join(map(str, c)): v for c, v in results.items()}}, open(out_json, "w"), indent=1)
 PY
