@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark binary of the repository and writes one JSON file per binary to
 # out/benchmarks/<name>.json (Google Benchmark's format), then prints the ratio tables of the MoE,
-# decode-bandwidth and conversion benchmarks (benchmarks/summarize.py).
+# decode-bandwidth, decode-linear and conversion benchmarks (benchmarks/summarize.py).
 #
 #   benchmarks/run_all.sh                       # all benchmarks, 3 repetitions each
 #   REPETITIONS=5 benchmarks/run_all.sh moe     # only binaries whose name contains "moe"
@@ -48,7 +48,7 @@ if [ "$run_peer" -eq 1 ]; then
 fi
 
 # summarize.py picks the tables from the benchmarks each file holds.
-for name in moe_benchmark decode_bandwidth_benchmark convert_benchmark; do
+for name in moe_benchmark decode_bandwidth_benchmark decode_linear_benchmark convert_benchmark; do
   if [ -f "$out/$name.json" ]; then
     python3 benchmarks/summarize.py "$out/$name.json"
     echo

@@ -12,6 +12,9 @@ moe_benchmark.json:
 decode_bandwidth_benchmark.json:
   decode-step weight bandwidth of ours and of the dense FFN (GB/s, fraction of the copy's read
   bandwidth) per T, K and dtype.
+decode_linear_benchmark.json:
+  the decode-step linear kernel's forms on a Llama 3 8B layer: GB/s, fraction of the read
+  bandwidth measured next to each benchmark, and speed over ATen's linear, per dtype.
 convert_benchmark.json:
   conversion GB/s (source bytes) vs the copy of the same checkpoint, and their ratio.
 
@@ -222,6 +225,35 @@ def decode_main(path, data):
     return 0
 
 
+LINEAR = re.compile(r"^BM_Layer/(\w+)/bf16:(\d)$")
+
+
+def linear_main(path, data):
+    runs = iteration_runs(data)
+    table = defaultdict(dict)  # bf16 -> {form: runs}
+    for name, bs in runs.items():
+        m = LINEAR.match(name)
+        if m:
+            table[int(m.group(2))][m.group(1)] = bs
+    if not table:
+        print(f"no decode linear results in {path}", file=sys.stderr)
+        return 1
+    header(path, data, "Decode linear benchmarks", runs)
+    print("\n### One decode step's products of a Llama 3 8B layer (one row of x): weight GB/s, fraction of the read "
+          "bandwidth (at::sum) measured right before each benchmark, speed over ATen's linear\n")
+    print("| dtype | form | ms | GB/s | of read bandwidth | x ATen |")
+    print("|---|---|---:|---:|---:|---:|")
+    for bf16 in sorted(table):
+        forms = table[bf16]
+        aten_ms = median_ms(forms["aten"]) if "aten" in forms else None
+        for form in sorted(forms, key=lambda f: (f != "aten", f)):
+            bs = forms[form]
+            ms = median_ms(bs)
+            print(f"| {dtype(bf16)} | {form} | {ms:.2f} | {median_of(bs, 'bytes_per_second') / 1e9:.1f} | "
+                  f"{median_of(bs, 'read_fraction'):.2f} | {ratio(aten_ms, ms)} |")
+    return 0
+
+
 def convert_main(path, data):
     runs = iteration_runs(data)
     if "BM_Copy" not in runs and not any(n.startswith("BM_Convert") for n in runs):
@@ -256,6 +288,8 @@ def main(argv):
         names = [b["name"] for b in data.get("benchmarks", [])]
         if any(n.startswith("BM_Decode/") for n in names):
             rc |= decode_main(path, data)
+        elif any(n.startswith("BM_Layer/") for n in names):
+            rc |= linear_main(path, data)
         elif any(n.startswith("BM_Convert/") for n in names):
             rc |= convert_main(path, data)
         else:
