@@ -100,6 +100,19 @@ void SwiGluTokensDpBf16(const uint16_t* gate, const uint16_t* up, const uint16_t
   SwiGluPhases<uint16_t, uint16_t>(gate, up, down, H, Ie, n, xp, kTiles, w, g, u, ab, y_rows);
 }
 
+// Weights w[r][k] and w[r][k+1] as one 32-bit word for VPBROADCASTD; an odd last element pairs
+// with zero (its panel partner is a zero pad).
+template <bool kLastOdd>
+inline int32_t WeightPair(const uint16_t* w, int64_t ldw, int r, int64_t k) {
+  int32_t pair;
+  if (kLastOdd) {
+    pair = w[r * ldw + k];
+  } else {
+    std::memcpy(&pair, w + r * ldw + k, sizeof pair);
+  }
+  return pair;
+}
+
 // bfloat16: each step broadcasts a pair of adjacent weights (one 32-bit word) and VDPBF16PS
 // multiplies it into 16 tokens' pairs; an odd last element pairs with zero (its panel partner
 // is a zero pad).
@@ -111,13 +124,7 @@ LLAMA_MOE_AVX512BF16 inline void PanelStepBf16(__m512 (&acc)[R][NV], const uint1
   for (int v = 0; v < NV; ++v) pv[v] = _mm512_loadu_si512(p + (k * NV + 2 * v) * 16);
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
-    int32_t pair;
-    if (kLastOdd) {
-      pair = w[r * ldw + k];
-    } else {
-      std::memcpy(&pair, w + r * ldw + k, sizeof pair);
-    }
-    const __m512i b = _mm512_set1_epi32(pair);
+    const __m512i b = _mm512_set1_epi32(WeightPair<kLastOdd>(w, ldw, r, k));
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)b, (__m512bh)pv[v]);
   }
@@ -146,13 +153,7 @@ LLAMA_MOE_AVX512BF16 inline void HalfTailStepBf16(__m512 (&acc)[R][NV], __m256 (
   const __m256i pt = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + (k * NV + 2 * (NV - 1)) * 16));
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
-    int32_t pair;
-    if (kLastOdd) {
-      pair = w[r * ldw + k];
-    } else {
-      std::memcpy(&pair, w + r * ldw + k, sizeof pair);
-    }
-    const __m512i b = _mm512_set1_epi32(pair);
+    const __m512i b = _mm512_set1_epi32(WeightPair<kLastOdd>(w, ldw, r, k));
 #pragma GCC unroll 4
     for (int v = 0; v + 1 < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)b, (__m512bh)pv[v]);
     tail[r] = _mm256_dpbf16_ps(tail[r], (__m256bh)_mm512_castsi512_si256(b), (__m256bh)pt);
