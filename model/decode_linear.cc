@@ -161,11 +161,11 @@ LLAMA_MOE_DL_AVX512 void Avx512Rows(const float* xf, const W* w, int64_t k, int6
                                     int64_t ldo) {
   if constexpr (M == 1) {
     Avx512StreamRows<W>(xf, w, k, n0, n1, out);
-    return;
-  }
-  constexpr int R = Avx512RowsPerBlock(M);
-  for (int64_t n = n0; n < n1; n += R) {
-    Avx512Block<M, W>(xf, w, k, n, static_cast<int>(std::min<int64_t>(R, n1 - n)), out, ldo);
+  } else {
+    constexpr int R = Avx512RowsPerBlock(M);
+    for (int64_t n = n0; n < n1; n += R) {
+      Avx512Block<M, W>(xf, w, k, n, static_cast<int>(std::min<int64_t>(R, n1 - n)), out, ldo);
+    }
   }
 }
 
@@ -248,11 +248,11 @@ template <int M>
 void DpBf16Rows(const uint16_t* xb, const uint16_t* w, int64_t k, int64_t n0, int64_t n1, float* out, int64_t ldo) {
   if constexpr (M == 1) {
     DpBf16StreamRows(xb, w, k, n0, n1, out);
-    return;
-  }
-  constexpr int R = Avx512RowsPerBlock(M);
-  for (int64_t n = n0; n < n1; n += R) {
-    DpBf16Block<M>(xb, w, k, n, static_cast<int>(std::min<int64_t>(R, n1 - n)), out, ldo);
+  } else {
+    constexpr int R = Avx512RowsPerBlock(M);
+    for (int64_t n = n0; n < n1; n += R) {
+      DpBf16Block<M>(xb, w, k, n, static_cast<int>(std::min<int64_t>(R, n1 - n)), out, ldo);
+    }
   }
 }
 
@@ -343,11 +343,11 @@ template <int M, typename W>
 LLAMA_MOE_DL_AVX2 void Avx2Rows(const float* xf, const W* w, int64_t k, int64_t n0, int64_t n1, float* out, int64_t ldo) {
   if constexpr (M == 1) {
     Avx2StreamRows<W>(xf, w, k, n0, n1, out);
-    return;
-  }
-  constexpr int R = RowsPerBlock(M) > 4 ? 4 : RowsPerBlock(M);
-  for (int64_t n = n0; n < n1; n += R) {
-    Avx2Block<M, W>(xf, w, k, n, static_cast<int>(std::min<int64_t>(R, n1 - n)), out, ldo);
+  } else {
+    constexpr int R = RowsPerBlock(M) > 4 ? 4 : RowsPerBlock(M);
+    for (int64_t n = n0; n < n1; n += R) {
+      Avx2Block<M, W>(xf, w, k, n, static_cast<int>(std::min<int64_t>(R, n1 - n)), out, ldo);
+    }
   }
 }
 #endif  // LLAMA_MOE_X86_INTRINSICS
