@@ -47,14 +47,14 @@ TEST(HeapPolicyTest, AFreedBlockIsReusedWithoutFaultingItsPagesInAgain) {
 }
 
 TEST(HeapPolicyTest, TheUsersOwnSettingsWin) {
-  if (kSanitizerAllocator) GTEST_SKIP() << "AddressSanitizer's allocator, not glibc's, serves malloc";
   setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576", 1);
   EXPECT_FALSE(ApplyInferenceHeapPolicy());
   unsetenv("GLIBC_TUNABLES");
   setenv("LLAMA_MOE_HEAP_POLICY", "0", 1);
   EXPECT_FALSE(ApplyInferenceHeapPolicy());
   unsetenv("LLAMA_MOE_HEAP_POLICY");
-  EXPECT_TRUE(ApplyInferenceHeapPolicy());
+  // Under AddressSanitizer mallopt has no glibc heap to configure.
+  if (!kSanitizerAllocator) EXPECT_TRUE(ApplyInferenceHeapPolicy());
 }
 #endif
 
